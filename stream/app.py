@@ -1,0 +1,110 @@
+"""``create_app``: the faust app of a worker process, with its scoring engines.
+
+Nothing here runs at import time; only the CLI calls ``create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import faust
+from mode import Service
+
+from stream.engine.scoring import ScoringEngine
+from stream.models.registry import ModelRegistry
+from stream.monitor.agent import MonitorAgent
+from stream.settings import PipelineConfig, Settings
+from stream.sinks.clickhouse import ClickHouseSink
+
+log = logging.getLogger(__name__)
+
+
+class EngineService(Service):
+    """Runs the scoring engines' threads for as long as the faust app runs.
+
+    An engine that stops on an error crashes the app, so the worker process
+    exits non-zero and its supervisor restarts it.
+    """
+
+    def __init__(self, engines: list[ScoringEngine], **kwargs: Any) -> None:
+        self.engines = engines
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        for engine in self.engines:
+            engine.start()
+
+    async def on_stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for engine in self.engines:
+            await loop.run_in_executor(None, engine.stop)
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            for engine in self.engines:
+                if engine.failure is not None or not engine.alive:
+                    reason = engine.failure or RuntimeError(
+                        f"scoring engine of {engine.pipeline.name} stopped"
+                    )
+                    log.critical("scoring engine of %s is down: %r", engine.pipeline.name, reason)
+                    await self.crash(reason)
+                    return
+            await self.sleep(0.5)
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
+
+
+def create_app(
+    settings: Settings,
+    pipelines: list[PipelineConfig],
+    engines: list[ScoringEngine],
+    registry: ModelRegistry,
+    sink: ClickHouseSink,
+) -> faust.App:
+    """Build the worker's faust app: monitor agents, engines, and the status pages."""
+    app = faust.App(
+        settings.app_id,
+        broker=faust_broker_url(settings.kafka_bootstrap or ""),
+        store="memory://",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        topic_replication_factor=settings.replication_factor,
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+    )
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
+    monitors = {p.name: MonitorAgent(app, p, registry, sink, writer) for p in pipelines}
+    engine_service = EngineService(engines, loop=None)
+
+    @app.task
+    async def start_engines() -> None:
+        await app.add_runtime_dependency(engine_service)
+
+    @app.page("/stream/status/")
+    async def status(web: Any, request: Any) -> Any:
+        return web.json(
+            {
+                "pipelines": {
+                    e.pipeline.name: {
+                        "engine": {**asdict(e.counters), "alive": e.alive, "ready": e.ready.is_set()},
+                        "monitor": monitors[e.pipeline.name].status(),
+                    }
+                    for e in engines
+                }
+            }
+        )
+
+    @app.page("/stream/health/")
+    async def health(web: Any, request: Any) -> Any:
+        healthy = all(e.alive and e.failure is None for e in engines)
+        return web.json({"healthy": healthy}, status=200 if healthy else 503)
+
+    return app

@@ -1,0 +1,171 @@
+"""The ``stream`` command. Configures logging; turns StreamErrors into one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stream.errors import SettingsError, StreamError
+from stream.settings import PROJECT_ROOT, Settings, load_pipeline, load_settings
+
+app = typer.Typer(
+    help="Real-time ONNX inference on Kafka event streams, monitored in ClickHouse.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
+app.add_typer(db, name="db")
+console = Console()
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=100, help="How many events to produce.")] = 50_000,
+    seconds: Annotated[float, typer.Option(min=1, help="Spread the events over this long.")] = 55.0,
+    window: Annotated[float, typer.Option(min=1, help="Monitor window length, seconds.")] = 10.0,
+    malformed: Annotated[float, typer.Option(min=0, max=1, help="Share of broken events.")] = 0.005,
+) -> None:
+    """Train (or reuse) the demo model, start Kafka and a worker, stream payments, report."""
+    from stream.demo.run import DemoOptions, run_demo
+
+    settings = _settings()
+    logging.getLogger().setLevel(logging.WARNING)
+    run_demo(
+        settings,
+        DemoOptions(events=events, seconds=seconds, window_seconds=window, malformed_share=malformed),
+        console,
+    )
+
+
+@app.command()
+def worker(
+    pipeline: Annotated[
+        list[Path], typer.Option("--pipeline", "-p", help="Pipeline file (repeat for several).")
+    ],
+) -> None:
+    """Run one worker process: scoring engines plus the faust monitor app."""
+    from stream.worker import run_worker
+
+    run_worker(_settings(), pipeline)
+
+
+@app.command()
+def produce(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name or pipeline file.")],
+    count: Annotated[int, typer.Option(min=1)] = 10_000,
+    rate: Annotated[float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")] = 1000.0,
+    drift: Annotated[
+        list[str] | None, typer.Option(help="FEATURE=SHIFT in standard deviations (repeatable).")
+    ] = None,
+    drift_from: Annotated[int, typer.Option("--from", help="Event index where drift starts.")] = 0,
+    malformed: Annotated[float, typer.Option(min=0, max=1, help="Share of broken events.")] = 0.0,
+) -> None:
+    """Publish synthetic demo payments to {pipeline}.events."""
+    from stream.produce import PacedProducer
+    from stream.serde import AvroSerde, load_schema
+
+    settings = _settings()
+    config = load_pipeline(_pipeline_path(pipeline))
+    shifts = {}
+    for item in drift or []:
+        name, _, value = item.partition("=")
+        try:
+            shifts[name] = float(value)
+        except ValueError:
+            raise SettingsError("--drift", f"expected FEATURE=SHIFT, got {item!r}") from None
+    serde = AvroSerde(load_schema(settings.schemas_dir, config.input.schema_file))
+    producer = PacedProducer(settings.kafka_config(), config.events_topic, serde)
+    with console.status(f"producing {count:,} events to {config.events_topic}…"):
+        report = producer.run(
+            count, rate, drift=shifts, drift_from=drift_from, malformed_share=malformed
+        )
+    console.print(
+        f"produced {report.produced:,} events ({report.malformed} malformed, "
+        f"{report.failed} failed) in {report.seconds:.1f}s"
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _pipeline_path(name_or_file: str) -> Path:
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return PROJECT_ROOT / "pipelines" / f"{name_or_file}.yaml"
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply the SQL migrations in ops/clickhouse/ that were not applied yet."""
+    from stream.sinks.clickhouse import connect, migrate
+
+    settings = _settings()
+    ch = connect(settings.dsn, settings.clickhouse_database)
+    try:
+        applied = migrate(ch, settings.migrations_dir)
+    finally:
+        ch.close()
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def query(sql: Annotated[str, typer.Argument(help="A ClickHouse SQL query.")]) -> None:
+    """Print the result of a ClickHouse query as a table."""
+    from stream.sinks.clickhouse import connect
+
+    settings = _settings()
+    ch = connect(settings.dsn, settings.clickhouse_database)
+    try:
+        result = ch.client.query(sql)
+    except Exception as exc:
+        raise StreamError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        ch.close()
+    table = Table(*result.column_names)
+    for row in result.result_rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    console.print(f"{len(result.result_rows)} rows")
+
+
+@app.command()
+def broker() -> None:
+    """Run a local single-node Kafka broker in the foreground until Ctrl-C."""
+    import signal
+
+    from stream.services.kafka import KafkaBroker
+
+    settings = _settings()
+    kafka = KafkaBroker(settings.home / "kafka").start()
+    console.print(f"Kafka broker on {kafka.bootstrap} (pid {kafka.pid}); Ctrl-C stops it")
+    console.print(f"export STREAM_KAFKA_BOOTSTRAP={kafka.bootstrap}")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        kafka.stop()
+
+
+def main() -> None:
+    try:
+        app()
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, SettingsError) else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""The demo pipeline: synthetic card payments scored for fraud."""

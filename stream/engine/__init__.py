@@ -1,0 +1,1 @@
+"""The scoring engine: the hot path from ``{p}.events`` to predictions."""

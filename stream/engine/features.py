@@ -1,0 +1,95 @@
+"""Validation of decoded events and the feature matrix in the model's order."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream.errors import ValidationError
+from stream.models.manifest import ModelManifest
+
+MAX_EVENT_ID_LENGTH = 256
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class EventRow:
+    event_id: str
+    event_time_ms: int | None
+    values: list[float]  # raw feature values; NaN where the input was null
+
+
+class FeatureBuilder:
+    """Checks one event against the model's features and returns its row.
+
+    Numeric features must be finite numbers (null only where the manifest says
+    the feature is nullable); categorical features must be one of the
+    manifest's categories. Anything else raises ValidationError with the field.
+    """
+
+    def __init__(
+        self, manifest: ModelManifest, event_id_field: str, event_time_field: str | None
+    ) -> None:
+        self.manifest = manifest
+        self.event_id_field = event_id_field
+        self.event_time_field = event_time_field
+        self._plan: list[tuple[str, bool, dict[str, int] | None]] = [
+            (
+                f.name,
+                f.nullable,
+                {c: i for i, c in enumerate(f.categories)} if f.type == "categorical" else None,
+            )
+            for f in manifest.features
+        ]
+        self.fill = np.asarray([f.fill for f in manifest.features], dtype=np.float64)
+
+    def row(self, record: dict[str, Any]) -> EventRow:
+        event_id = record.get(self.event_id_field)
+        if not isinstance(event_id, str) or not event_id:
+            raise ValidationError(f"{self.event_id_field}: missing or not a non-empty string")
+        if len(event_id) > MAX_EVENT_ID_LENGTH:
+            raise ValidationError(f"{self.event_id_field}: longer than {MAX_EVENT_ID_LENGTH}")
+        event_time: int | None = None
+        if self.event_time_field is not None:
+            raw_time = record.get(self.event_time_field)
+            if raw_time is not None:
+                if isinstance(raw_time, bool) or not isinstance(raw_time, int) or raw_time < 0:
+                    raise ValidationError(
+                        f"{self.event_time_field}: expected epoch milliseconds >= 0, "
+                        f"got {raw_time!r:.40}"
+                    )
+                event_time = raw_time
+        values: list[float] = []
+        for name, nullable, categories in self._plan:
+            value = record.get(name, _MISSING)
+            if value is None or value is _MISSING:
+                if not nullable:
+                    raise ValidationError(f"{name}: {'missing' if value is _MISSING else 'null'}")
+                values.append(math.nan)
+            elif categories is not None:
+                index = categories.get(value) if isinstance(value, str) else None
+                if index is None:
+                    raise ValidationError(
+                        f"{name}: unknown category {value!r:.60} (expected one of {sorted(categories)})"
+                    )
+                values.append(float(index))
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValidationError(f"{name}: expected a number, got {type(value).__name__}")
+            else:
+                try:
+                    number = float(value)
+                except OverflowError:
+                    raise ValidationError(f"{name}: number out of range") from None
+                if not math.isfinite(number):
+                    raise ValidationError(f"{name}: not a finite number ({value!r})")
+                values.append(number)
+        return EventRow(event_id, event_time, values)
+
+    def matrix(self, rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(raw values with NaN for nulls, float32 model input with nulls filled)."""
+        raw = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self._plan))
+        model_input = np.where(np.isnan(raw), self.fill, raw).astype(np.float32)
+        return raw, model_input

@@ -1,0 +1,62 @@
+"""The model registry: a folder of ``{name}/{version}/model.onnx`` plus ``model.yaml``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from stream.errors import ModelLoadError
+from stream.models.manifest import MANIFEST_FILE, ONNX_FILE, ModelManifest, sha256_file
+from stream.models.runtime import OnnxModel
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, name: str, version: str) -> Path:
+        return self.root / name / version
+
+    def exists(self, name: str, version: str) -> bool:
+        return (self.folder(name, version) / MANIFEST_FILE).is_file()
+
+    def versions(self, name: str) -> list[str]:
+        base = self.root / name
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / MANIFEST_FILE).is_file())
+
+    def manifest(self, name: str, version: str) -> ModelManifest:
+        folder = self.folder(name, version)
+        if not folder.is_dir():
+            raise ModelLoadError(f"model {name}:{version} is not in the registry at {self.root}")
+        manifest = ModelManifest.read(folder)
+        if manifest.name != name or manifest.version != version:
+            raise ModelLoadError(
+                f"{folder}: manifest says {manifest.name}:{manifest.version}, "
+                f"folder says {name}:{version}"
+            )
+        return manifest
+
+    def load(self, name: str, version: str) -> OnnxModel:
+        """Verify and warm up a model; ModelLoadError if it must not serve."""
+        model = OnnxModel(self.manifest(name, version), self.folder(name, version) / ONNX_FILE)
+        model.load()
+        return model
+
+    def register(self, onnx_bytes: bytes, manifest: ModelManifest) -> Path:
+        """Write a model and its manifest; the manifest's checksum must match the bytes."""
+        folder = self.folder(manifest.name, manifest.version)
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+        if sha256_file(tmp / ONNX_FILE) != manifest.onnx_sha256:
+            shutil.rmtree(tmp)
+            raise ModelLoadError(f"{manifest.name}:{manifest.version}: checksum does not match")
+        manifest.write(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder

@@ -1,0 +1,1 @@
+"""Mergeable window statistics, drift measures and the monitor agent."""

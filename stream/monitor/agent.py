@@ -1,0 +1,141 @@
+"""The monitor agent: a faust agent that merges engine partials and writes closed windows.
+
+State lives in a faust table with a changelog topic, keyed by
+``pipeline|model|version``; a restarted worker recovers open windows from the
+changelog. Writes to ClickHouse run on one thread of their own, off the event
+loop. A window leaves the table only after its rows were written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from stream.models.manifest import ModelManifest
+from stream.models.registry import ModelRegistry
+from stream.monitor.windows import (
+    DRIFT_COLUMNS,
+    LATENCY_COLUMNS,
+    ClosedWindow,
+    Partial,
+    drift_rows,
+    latency_row,
+    due_windows,
+    mark_closed,
+    merge_partial,
+    new_state,
+)
+from stream.settings import PipelineConfig
+from stream.sinks.clickhouse import ClickHouseSink
+
+log = logging.getLogger(__name__)
+
+
+class MonitorAgent:
+    def __init__(
+        self,
+        app: faust.App,
+        pipeline: PipelineConfig,
+        registry: ModelRegistry,
+        sink: ClickHouseSink,
+        writer: ThreadPoolExecutor,
+    ) -> None:
+        self.app = app
+        self.pipeline = pipeline
+        self.registry = registry
+        self.sink = sink
+        self._writer = writer
+        self._manifests: dict[tuple[str, str], ModelManifest] = {}
+        self.windows_written = 0
+        self.late_partials = 0
+        self.bad_partials = 0
+        self.write_failures = 0
+        self.closed_until: dict[str, int] = {}
+        partitions = pipeline.monitor.partitions
+        self.topic = app.topic(
+            pipeline.monitor_topic,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
+        self.table = app.Table(
+            f"{pipeline.name}-monitor-windows",
+            default=None,
+            partitions=partitions,
+            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        )
+        app.agent(self.topic, name=f"{pipeline.name}-monitor")(self._consume)
+
+    async def _consume(self, stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await self.process(event.key, event.value)
+            except Exception as exc:
+                # Never stop consuming silently: take the worker down so it restarts.
+                log.exception("monitor agent of %s failed", self.pipeline.name)
+                await self.app.crash(exc)
+                raise
+
+    async def process(self, key: bytes, value: bytes) -> None:
+        try:
+            partial = Partial.parse(json.loads(value))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.bad_partials += 1
+            log.warning("skipping a malformed partial on %s: %r", self.pipeline.monitor_topic, exc)
+            return
+        state = self.table.get(key) or new_state()
+        if not merge_partial(state, partial):
+            self.late_partials += 1
+            log.warning(
+                "partial for %s:%s window %d arrived after the window was written and dropped "
+                "from state; its %d events are not in the window's row",
+                partial.model, partial.version, partial.window_start, partial.stats.count,
+            )  # fmt: skip
+        grace_ms = int(self.pipeline.monitor.grace_seconds * 1000)
+        for window in due_windows(state, (partial.pipeline, partial.model, partial.version), grace_ms):
+            try:
+                await self._write(window)
+            except Exception as exc:
+                # Keep the window open; the next partial retries the write.
+                self.write_failures += 1
+                log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
+                break
+            mark_closed(state, window)
+            self.windows_written += 1
+            self.closed_until[key.decode()] = int(state["closed_until"])
+        self.table[key] = state
+
+    def _manifest(self, model: str, version: str) -> ModelManifest:
+        manifest = self._manifests.get((model, version))
+        if manifest is None:
+            manifest = self._manifests[(model, version)] = self.registry.manifest(model, version)
+        return manifest
+
+    async def _write(self, window: ClosedWindow) -> None:
+        manifest = self._manifest(window.model, window.version)
+        now = datetime.now(UTC)
+        latency = [latency_row(window, manifest, now)]
+        drift = drift_rows(window, manifest, self.pipeline.monitor, now)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._insert, latency, drift)
+
+    def _insert(self, latency: list[list[Any]], drift: list[list[Any]]) -> None:
+        self.sink.insert("latency_windows", LATENCY_COLUMNS, latency)
+        self.sink.insert("drift_windows", DRIFT_COLUMNS, drift)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "windows_written": self.windows_written,
+            "closed_until": self.closed_until,
+            "late_partials": self.late_partials,
+            "bad_partials": self.bad_partials,
+            "write_failures": self.write_failures,
+        }
+
+

@@ -1,0 +1,188 @@
+"""Fixed-bucket histograms that merge by addition.
+
+The scoring engine folds every batch into a ``WindowStats`` per model version
+and window; the monitor agent adds the partials of all workers together. Bucket
+layouts are fixed (latency) or come from the model's reference bins (features,
+score), so two partials of the same model version always line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream.models.manifest import ModelManifest
+
+# Latency bucket upper bounds in milliseconds: 0.01 ms to ~140 s, four buckets
+# per doubling (each about 19% wide). One more bucket holds everything above.
+LATENCY_BOUNDS_MS = 0.01 * 2.0 ** (np.arange(96) / 4.0)
+LATENCY_BUCKETS = LATENCY_BOUNDS_MS.size + 1
+# Score and confidence bins: ten of width 0.1 on [0, 1].
+SCORE_EDGES = np.linspace(0.1, 0.9, 9)
+SCORE_BINS = SCORE_EDGES.size + 1
+
+
+def latency_counts(values_ms: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(LATENCY_BOUNDS_MS, values_ms, side="left")
+    return np.bincount(idx, minlength=LATENCY_BUCKETS).astype(np.int64)
+
+
+def latency_quantile(counts: np.ndarray, q: float) -> float:
+    """The q-quantile of a latency histogram, interpolated inside its bucket."""
+    total = int(counts.sum())
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, rank, side="left"))
+    i = min(i, LATENCY_BUCKETS - 1)
+    lower = 0.0 if i == 0 else float(LATENCY_BOUNDS_MS[i - 1])
+    upper = float(LATENCY_BOUNDS_MS[min(i, LATENCY_BOUNDS_MS.size - 1)])
+    before = 0 if i == 0 else int(cum[i - 1])
+    inside = int(counts[i])
+    frac = (rank - before) / inside if inside else 1.0
+    return lower + (upper - lower) * min(max(frac, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class HistogramLayout:
+    """Bucket layout of one model version: where each feature's values fall."""
+
+    feature_names: list[str]
+    categorical: list[bool]
+    edges: list[np.ndarray]  # inner edges (numeric) or empty (categorical)
+    sizes: list[int]  # number of bins per feature
+    n_labels: int
+
+    @classmethod
+    def of(cls, manifest: ModelManifest) -> HistogramLayout:
+        edges = [np.asarray(f.reference.edges, dtype=np.float64) for f in manifest.features]
+        return cls(
+            feature_names=manifest.feature_names,
+            categorical=[f.type == "categorical" for f in manifest.features],
+            edges=edges,
+            sizes=[len(f.reference.counts) for f in manifest.features],
+            n_labels=max(len(manifest.output.labels), 1),
+        )
+
+    def empty(self) -> WindowStats:
+        n = len(self.feature_names)
+        return WindowStats(
+            count=0,
+            latency=np.zeros(LATENCY_BUCKETS, np.int64),
+            inference=np.zeros(LATENCY_BUCKETS, np.int64),
+            features=[np.zeros(size, np.int64) for size in self.sizes],
+            nulls=np.zeros(n, np.int64),
+            sums=np.zeros(n, np.float64),
+            sumsq=np.zeros(n, np.float64),
+            labels=np.zeros(self.n_labels, np.int64),
+            scores=np.zeros(SCORE_BINS, np.int64),
+            confidence=np.zeros(SCORE_BINS, np.int64),
+        )
+
+    def fold(
+        self,
+        stats: WindowStats,
+        values: np.ndarray,
+        latency_ms: np.ndarray,
+        inference_ms: float,
+        label_index: np.ndarray,
+        score: np.ndarray,
+        confidence: np.ndarray,
+        reviews: int,
+    ) -> None:
+        """Add a scored batch. ``values`` holds raw features, NaN where the input was null."""
+        n = values.shape[0]
+        stats.count += n
+        stats.reviews += reviews
+        stats.latency += latency_counts(latency_ms)
+        stats.inference[np.searchsorted(LATENCY_BOUNDS_MS, inference_ms, side="left")] += n
+        missing = np.isnan(values)
+        stats.nulls += missing.sum(axis=0)
+        filled = np.where(missing, 0.0, values)
+        stats.sums += filled.sum(axis=0)
+        stats.sumsq += (filled * filled).sum(axis=0)
+        for j, size in enumerate(self.sizes):
+            column = values[~missing[:, j], j]
+            if self.categorical[j]:
+                idx = column.astype(np.int64)
+            else:
+                idx = np.searchsorted(self.edges[j], column, side="right")
+            stats.features[j] += np.bincount(idx, minlength=size)[:size]
+        labels = label_index[label_index >= 0]
+        stats.labels += np.bincount(labels, minlength=self.n_labels)[: self.n_labels]
+        clipped = np.clip(score, 0.0, 1.0)
+        stats.scores += np.bincount(np.searchsorted(SCORE_EDGES, clipped, side="right"), minlength=SCORE_BINS)
+        stats.confidence += np.bincount(
+            np.searchsorted(SCORE_EDGES, confidence, side="right"), minlength=SCORE_BINS
+        )
+
+
+@dataclass
+class WindowStats:
+    """Counts of one model version over one window; ``merge`` is plain addition."""
+
+    count: int
+    latency: np.ndarray
+    inference: np.ndarray
+    features: list[np.ndarray]
+    nulls: np.ndarray
+    sums: np.ndarray
+    sumsq: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    confidence: np.ndarray
+    reviews: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def merge(self, other: WindowStats) -> None:
+        if len(other.features) != len(self.features):
+            raise ValueError("cannot merge statistics of different feature layouts")
+        self.count += other.count
+        self.reviews += other.reviews
+        self.latency += other.latency
+        self.inference += other.inference
+        for mine, theirs in zip(self.features, other.features, strict=True):
+            mine += theirs
+        self.nulls += other.nulls
+        self.sums += other.sums
+        self.sumsq += other.sumsq
+        self.labels += other.labels
+        self.scores += other.scores
+        self.confidence += other.confidence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "reviews": self.reviews,
+            "latency": self.latency.tolist(),
+            "inference": self.inference.tolist(),
+            "features": [f.tolist() for f in self.features],
+            "nulls": self.nulls.tolist(),
+            "sums": self.sums.tolist(),
+            "sumsq": self.sumsq.tolist(),
+            "labels": self.labels.tolist(),
+            "scores": self.scores.tolist(),
+            "confidence": self.confidence.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowStats:
+        def ints(key: str) -> np.ndarray:
+            return np.asarray(data[key], dtype=np.int64)
+
+        return cls(
+            count=int(data["count"]),
+            reviews=int(data.get("reviews", 0)),
+            latency=ints("latency"),
+            inference=ints("inference"),
+            features=[np.asarray(f, dtype=np.int64) for f in data["features"]],
+            nulls=ints("nulls"),
+            sums=np.asarray(data["sums"], dtype=np.float64),
+            sumsq=np.asarray(data["sumsq"], dtype=np.float64),
+            labels=ints("labels"),
+            scores=ints("scores"),
+            confidence=ints("confidence"),
+        )

@@ -1,0 +1,124 @@
+"""A paced producer of synthetic events: the demo's traffic and an example of a producer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+
+from stream.demo.data import events
+from stream.serde import Serde, SerdeContext
+
+
+@dataclass
+class ProduceReport:
+    produced: int = 0
+    malformed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    malformed_kinds: dict[str, int] = field(default_factory=dict)
+
+
+MALFORMED_KINDS = ("random_bytes", "truncated", "empty", "not_finite")
+
+
+def malformed_payload(
+    event: dict[str, Any], serde: Serde, ctx: SerdeContext, rng: np.random.Generator
+) -> tuple[str, bytes]:
+    """One kind of broken event, chosen at random, made from a valid one."""
+    kind = MALFORMED_KINDS[int(rng.integers(0, len(MALFORMED_KINDS)))]
+    if kind == "random_bytes":
+        return kind, rng.bytes(int(rng.integers(1, 64)))
+    if kind == "empty":
+        return kind, b""
+    if kind == "not_finite":
+        return kind, serde.serialize({**event, "amount": float("nan")}, ctx)
+    valid = serde.serialize(event, ctx)
+    return kind, valid[: max(1, len(valid) // 3)]
+
+
+class PacedProducer:
+    """Publishes ``count`` events at ``rate`` per second (0: as fast as possible)."""
+
+    def __init__(self, kafka_config: dict[str, Any], topic: str, serde: Serde) -> None:
+        self.topic = topic
+        self.serde = serde
+        self._ctx = SerdeContext(topic)
+        self._failed = 0
+        self._producer = Producer(
+            {**kafka_config, "linger.ms": 10, "compression.type": "lz4", "enable.idempotence": True}
+        )
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failed += 1
+
+    def run(
+        self,
+        count: int,
+        rate: float,
+        seed: int = 1,
+        drift: Mapping[str, float] | None = None,
+        drift_from: int | None = None,
+        malformed_share: float = 0.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> ProduceReport:
+        rng = np.random.default_rng(seed)
+        report = ProduceReport()
+        started = time.monotonic()
+        chunk = 200
+        sent = 0
+        for events_chunk in self._chunks(count, chunk, rng, drift, drift_from):
+            for event in events_chunk:
+                if malformed_share and rng.random() < malformed_share:
+                    kind, payload = malformed_payload(event, self.serde, self._ctx, rng)
+                    report.malformed += 1
+                    report.malformed_kinds[kind] = report.malformed_kinds.get(kind, 0) + 1
+                else:
+                    payload = self.serde.serialize(event, self._ctx)
+                self._produce(event["event_id"].encode(), payload)
+            sent += len(events_chunk)
+            self._producer.poll(0)
+            if progress:
+                progress(len(events_chunk))
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        self._producer.flush(60)
+        report.produced = sent
+        report.failed = self._failed
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    @staticmethod
+    def _chunks(
+        count: int,
+        chunk: int,
+        rng: np.random.Generator,
+        drift: Mapping[str, float] | None,
+        drift_from: int | None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        run_id = uuid.uuid4().hex[:8]
+        done = 0
+        while done < count:
+            n = min(chunk, count - done)
+            if drift and drift_from is not None and done + n > drift_from > done:
+                n = drift_from - done  # split the chunk where drift starts
+            drifting = bool(drift) and (drift_from is None or done >= drift_from)
+            now_ms = int(time.time() * 1000)
+            yield list(events(n, rng, now_ms, drift if drifting else None, run_id, done))
+            done += n

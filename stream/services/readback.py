@@ -1,0 +1,75 @@
+"""Reading topics back: what the demo and the tests use to account for every event."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+def _consumer(kafka_config: dict[str, Any]) -> Consumer:
+    return Consumer(
+        {
+            **kafka_config,
+            "group.id": f"stream-readback-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+
+
+def end_offsets(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """The next offset of every partition of ``topic`` (where a later reader should start)."""
+    consumer = _consumer(kafka_config)
+    deadline = time.monotonic() + timeout
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        offsets = {}
+        for p in meta.partitions:
+            while True:
+                try:
+                    offsets[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                    break
+                except KafkaException as exc:
+                    # A partition created a moment ago may not have its leader yet.
+                    if time.monotonic() > deadline:
+                        raise
+                    log.debug("retrying watermarks of %s[%d]: %s", topic, p, exc)
+                    time.sleep(0.2)
+        return offsets
+    finally:
+        consumer.close()
+
+
+def read_topics(
+    kafka_config: dict[str, Any],
+    start: dict[str, dict[int, int] | None],
+    done: Callable[[dict[str, list[Any]]], bool],
+    timeout: float,
+) -> dict[str, list[Any]]:
+    """Read each topic from its start offsets (None: the beginning) until ``done`` or the timeout."""
+    consumer = _consumer(kafka_config)
+    out: dict[str, list[Any]] = {topic: [] for topic in start}
+    try:
+        assignment = []
+        for topic, offsets in start.items():
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            for p in partitions:
+                offset = OFFSET_BEGINNING if offsets is None else offsets.get(p, OFFSET_BEGINNING)
+                assignment.append(TopicPartition(topic, p, offset))
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout
+        while not done(out) and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is None:
+                    out[message.topic()].append(message)
+        return out
+    finally:
+        consumer.close()

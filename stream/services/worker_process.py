@@ -1,0 +1,101 @@
+"""A ``stream worker`` child process: started, watched through its status page, stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ServiceError
+from stream.services.kafka import free_port
+
+
+class WorkerProcess:
+    def __init__(self, pipeline_file: Path, env: dict[str, str], log_path: Path) -> None:
+        self.pipeline_file = pipeline_file
+        self.web_port = free_port()
+        self.env = {**os.environ, **env, "STREAM_WEB_PORT": str(self.web_port)}
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker", "--pipeline", str(self.pipeline_file)],
+            env=self.env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        log_file.close()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def status(self) -> dict[str, Any] | None:
+        url = f"http://127.0.0.1:{self.web_port}/stream/status/"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return dict(json.loads(response.read()))
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            return None
+
+    def wait_until(self, check: Any, timeout: float, what: str) -> dict[str, Any]:
+        """Poll the status page until ``check(status)`` is true; fail fast if the worker exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.returncode is not None:
+                raise ServiceError(
+                    f"worker exited with code {self.returncode} while waiting for {what}:\n"
+                    + self.log_tail()
+                )
+            status = self.status()
+            if status is not None and check(status):
+                return status
+            time.sleep(0.2)
+        raise ServiceError(f"worker: no {what} within {timeout:.0f}s\n" + self.log_tail())
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        return self.wait_until(
+            lambda s: all(p["engine"]["ready"] for p in s["pipelines"].values()),
+            timeout,
+            "partition assignment",
+        )
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to checkpoint."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()

@@ -1,0 +1,182 @@
+"""Process settings (``STREAM_*`` environment) and pipeline files (YAML).
+
+Settings say where things are: Kafka, ClickHouse, the model registry. A
+pipeline file says what one pipeline does: its input, model, thresholds and
+windows. Both are frozen once loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HOME = PROJECT_ROOT / ".stream"
+
+
+class Settings(BaseSettings):
+    """Where the services are. Every field reads ``STREAM_<NAME>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAM_", frozen=True, extra="ignore")
+
+    home: Path = Field(DEFAULT_HOME, description="State folder: broker data, registry, ClickHouse")
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; unset means start a local broker (demo only)"
+    )
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    clickhouse_dsn: SecretStr | None = Field(
+        None, description="chdb:///path (embedded) or http(s)://user:pass@host:8123/db"
+    )
+    clickhouse_database: str = "stream"
+    registry: Path | None = Field(None, description="Model registry folder")
+    schemas_dir: Path = PROJECT_ROOT / "schemas"
+    migrations_dir: Path = PROJECT_ROOT / "ops" / "clickhouse"
+    schema_registry_url: str | None = None
+    app_id: str = "stream-worker"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    replication_factor: int = 1
+    log_level: str = "INFO"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry or self.home / "registry"
+
+    @property
+    def dsn(self) -> str:
+        if self.clickhouse_dsn is not None:
+            return self.clickhouse_dsn.get_secret_value()
+        return f"chdb://{(self.home / 'clickhouse').resolve()}"
+
+    def kafka_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """librdkafka settings shared by every client of this process."""
+        bootstrap = bootstrap or self.kafka_bootstrap
+        if not bootstrap:
+            raise SettingsError("STREAM_KAFKA_BOOTSTRAP", "not set")
+        conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+        if self.kafka_security_protocol:
+            conf["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return conf
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        name = "STREAM_" + str(err["loc"][0]).upper() if err["loc"] else "settings"
+        raise SettingsError(name, err["msg"]) from None
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Frozen):
+    format: Literal["avro", "json"] = "avro"
+    schema_file: str = Field("payments_event.avsc", alias="schema")
+    event_id_field: str = "event_id"
+    event_time_field: str | None = "event_time"
+    max_event_bytes: int = Field(64 * 1024, gt=0)
+
+
+class ModelRef(_Frozen):
+    name: str
+    version: str
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> str:
+        return str(value)
+
+
+class BatchSpec(_Frozen):
+    max_size: int = Field(1000, gt=0)
+    max_wait_ms: int = Field(100, ge=0)
+
+
+class MonitorSpec(_Frozen):
+    window_seconds: float = Field(60.0, gt=0)
+    grace_seconds: float = Field(3.0, ge=0)
+    flush_interval_seconds: float = Field(1.0, gt=0)
+    min_samples: int = Field(200, ge=0)
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    partitions: int = Field(1, gt=0)
+
+
+class PipelineConfig(_Frozen):
+    """One pipeline: ``{name}.events`` in, predictions, review items and dead letters out."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    model: ModelRef
+    input: InputSpec = InputSpec()
+    partitions: int = Field(4, gt=0)
+    batch: BatchSpec = BatchSpec()
+    review_threshold: float = Field(0.7, ge=0, le=1)
+    monitor: MonitorSpec = MonitorSpec()
+    processing_guarantee: Literal["at_least_once"] = "at_least_once"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.name}.events"
+
+    @property
+    def predictions_topic(self) -> str:
+        return f"{self.name}.predictions"
+
+    @property
+    def review_topic(self) -> str:
+        return f"{self.name}.review"
+
+    @property
+    def deadletter_topic(self) -> str:
+        return f"{self.name}.deadletter"
+
+    @property
+    def monitor_topic(self) -> str:
+        return f"{self.name}.monitor"
+
+    @property
+    def engine_group(self) -> str:
+        return f"stream.{self.name}.engine"
+
+    def with_overrides(self, **changes: Any) -> PipelineConfig:
+        return self.model_validate({**self.model_dump(by_alias=True), **changes})
+
+
+def load_pipeline(path: Path) -> PipelineConfig:
+    """Read a pipeline file; any problem is one SettingsError naming the file and field."""
+    if not path.is_file():
+        raise SettingsError("--pipeline", f"no pipeline file at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(str(path), f"not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(str(path), "expected a mapping at the top level")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise SettingsError(f"{path}: {field}", err["msg"]) from None

@@ -1,0 +1,1 @@
+"""Where finished windows go: ClickHouse."""

@@ -1,0 +1,80 @@
+"""``stream worker``: one process with a scoring engine per pipeline and the faust app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from stream.app import create_app
+from stream.engine.scoring import EngineSerdes, ScoringEngine
+from stream.models.registry import ModelRegistry
+from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
+from stream.services.topics import ensure_topics, wait_for_broker
+from stream.settings import PipelineConfig, Settings, load_pipeline
+from stream.sinks.clickhouse import ClickHouseSink, connect, migrate
+
+log = logging.getLogger(__name__)
+
+
+def schema_registry(settings: Settings) -> Any:
+    """A Confluent Schema Registry client when STREAM_SCHEMA_REGISTRY_URL is set, else None."""
+    if not settings.schema_registry_url:
+        return None
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient({"url": settings.schema_registry_url})
+
+
+def build_serdes(settings: Settings, pipeline: PipelineConfig, registry: Any = None) -> EngineSerdes:
+    events: Serde
+    if pipeline.input.format == "json":
+        events = JsonSerde()
+    else:
+        events = AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file), registry)
+    return EngineSerdes(
+        events=events,
+        predictions=_output_serde(settings, "prediction.avsc", pipeline.predictions_topic, registry),
+        review=_output_serde(settings, "review.avsc", pipeline.review_topic, registry),
+    )
+
+
+def _output_serde(settings: Settings, schema_file: str, topic: str, registry: Any) -> AvroSerde:
+    schema = load_schema(settings.schemas_dir, schema_file)
+    if registry is None:
+        return AvroSerde(schema)
+    import json
+
+    from confluent_kafka.schema_registry import Schema
+
+    schema_id = registry.register_schema(f"{topic}-value", Schema(json.dumps(schema), "AVRO"))
+    return AvroSerde(schema, schema_id=schema_id)
+
+
+def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
+    """Check every setting and service, then run until stopped (SIGTERM / Ctrl-C)."""
+    pipelines = [load_pipeline(path) for path in pipeline_files]
+    kafka_config = settings.kafka_config()
+    wait_for_broker(kafka_config)
+    ensure_topics(kafka_config, pipelines, settings.replication_factor)
+    clickhouse = connect(settings.dsn, settings.clickhouse_database)
+    try:
+        migrate(clickhouse, settings.migrations_dir)
+        registry = ModelRegistry(settings.registry_path)
+        schemas = schema_registry(settings)
+        engines = [
+            ScoringEngine(
+                p,
+                registry.load(p.model.name, p.model.version),
+                build_serdes(settings, p, schemas),
+                kafka_config,
+            )
+            for p in pipelines
+        ]
+        app = create_app(settings, pipelines, engines, registry, ClickHouseSink(clickhouse))
+        worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        clickhouse.close()
