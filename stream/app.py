@@ -24,19 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class EngineService(Service):
-    """Runs the scoring engines' threads for as long as the faust app runs.
+    """Watches the scoring engines for as long as the faust app runs, and stops them with it.
 
-    An engine that stops on an error crashes the app, so the worker process
-    exits non-zero and its supervisor restarts it.
+    The engines start before the app (scoring does not wait for faust's
+    rebalances). An engine that stops on an error crashes the app, so the
+    worker process exits non-zero and its supervisor restarts it.
     """
 
     def __init__(self, engines: list[ScoringEngine], **kwargs: Any) -> None:
         self.engines = engines
         super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        for engine in self.engines:
-            engine.start()
 
     async def on_stop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -58,7 +55,9 @@ class EngineService(Service):
 
 
 def faust_broker_url(bootstrap: str) -> str:
-    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
+    return ";".join(
+        f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()
+    )
 
 
 def create_app(
@@ -79,6 +78,9 @@ def create_app(
         topic_replication_factor=settings.replication_factor,
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
+        # A crashed worker's monitor partitions move on after 10 s, not faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
     monitors = {p.name: MonitorAgent(app, p, registry, sink, writer) for p in pipelines}
@@ -94,7 +96,11 @@ def create_app(
             {
                 "pipelines": {
                     e.pipeline.name: {
-                        "engine": {**asdict(e.counters), "alive": e.alive, "ready": e.ready.is_set()},
+                        "engine": {
+                            **asdict(e.counters),
+                            "alive": e.alive,
+                            "ready": e.ready.is_set(),
+                        },
                         "monitor": monitors[e.pipeline.name].status(),
                     }
                     for e in engines

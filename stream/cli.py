@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 db = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
+models = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(models, name="models")
 console = Console()
 
 
@@ -48,7 +50,9 @@ def demo(
     logging.getLogger().setLevel(logging.WARNING)
     run_demo(
         settings,
-        DemoOptions(events=events, seconds=seconds, window_seconds=window, malformed_share=malformed),
+        DemoOptions(
+            events=events, seconds=seconds, window_seconds=window, malformed_share=malformed
+        ),
         console,
     )
 
@@ -69,7 +73,9 @@ def worker(
 def produce(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name or pipeline file.")],
     count: Annotated[int, typer.Option(min=1)] = 10_000,
-    rate: Annotated[float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")] = 1000.0,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")
+    ] = 1000.0,
     drift: Annotated[
         list[str] | None, typer.Option(help="FEATURE=SHIFT in standard deviations (repeatable).")
     ] = None,
@@ -122,6 +128,43 @@ def db_migrate() -> None:
     finally:
         ch.close()
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@models.command("list")
+def models_list() -> None:
+    """Show every model version in the registry with its features and training summary."""
+    from stream.models.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings().registry_path)
+    table = Table("model", "version", "features", "output", "trained on")
+    names = sorted(p.name for p in registry.root.iterdir()) if registry.root.is_dir() else []
+    for name in names:
+        for version in registry.versions(name):
+            m = registry.manifest(name, version)
+            table.add_row(
+                name, version, str(len(m.features)),
+                f"{m.output.kind} {'/'.join(m.output.labels)}", str(m.training.get("rows", "?")),
+            )  # fmt: skip
+    console.print(table)
+    console.print(f"registry: {registry.root}")
+
+
+@models.command("train-demo")
+def models_train_demo(
+    name: Annotated[str, typer.Option(help="Model name.")] = "payments-fraud",
+    version: Annotated[str, typer.Option(help="Version to register.")] = "1",
+) -> None:
+    """Train the demo fraud model on synthetic payments and register it (needs the train extra)."""
+    from stream.demo.data import train_demo_model
+    from stream.models.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings().registry_path)
+    if registry.exists(name, version):
+        console.print(f"{name}:{version} is already in {registry.root}")
+        return
+    onnx_bytes, manifest = train_demo_model(name, version)
+    folder = registry.register(onnx_bytes, manifest)
+    console.print(f"registered {name}:{version} in {folder}")
 
 
 @app.command()

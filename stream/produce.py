@@ -99,7 +99,9 @@ class PacedProducer:
     def _produce(self, key: bytes, value: bytes) -> None:
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    self.topic, value=value, key=key, on_delivery=self._on_delivery
+                )
                 return
             except BufferError:
                 self._producer.poll(0.05)

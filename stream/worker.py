@@ -28,7 +28,9 @@ def schema_registry(settings: Settings) -> Any:
     return SchemaRegistryClient({"url": settings.schema_registry_url})
 
 
-def build_serdes(settings: Settings, pipeline: PipelineConfig, registry: Any = None) -> EngineSerdes:
+def build_serdes(
+    settings: Settings, pipeline: PipelineConfig, registry: Any = None
+) -> EngineSerdes:
     events: Serde
     if pipeline.input.format == "json":
         events = JsonSerde()
@@ -36,7 +38,9 @@ def build_serdes(settings: Settings, pipeline: PipelineConfig, registry: Any = N
         events = AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file), registry)
     return EngineSerdes(
         events=events,
-        predictions=_output_serde(settings, "prediction.avsc", pipeline.predictions_topic, registry),
+        predictions=_output_serde(
+            settings, "prediction.avsc", pipeline.predictions_topic, registry
+        ),
         review=_output_serde(settings, "review.avsc", pipeline.review_topic, registry),
     )
 
@@ -74,7 +78,13 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
             for p in pipelines
         ]
         app = create_app(settings, pipelines, engines, registry, ClickHouseSink(clickhouse))
-        worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
-        worker.execute_from_commandline()
+        for engine in engines:
+            engine.start()
+        try:
+            worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+            worker.execute_from_commandline()
+        finally:
+            for engine in engines:
+                engine.stop()
     finally:
         clickhouse.close()

@@ -13,6 +13,7 @@ from stream.models.manifest import (
     FeatureSpec,
     ModelManifest,
     OutputSpec,
+    Reference,
     categorical_reference,
     numeric_reference,
 )
@@ -133,7 +134,11 @@ def events(
 
 
 def train_demo_model(
-    name: str = "payments-fraud", version: str = "1", rows: int = 20_000, seed: int = 7
+    name: str = "payments-fraud",
+    version: str = "1",
+    rows: int = 20_000,
+    seed: int = 7,
+    trees: int = 100,
 ) -> tuple[bytes, ModelManifest]:
     """Train gradient boosting on synthetic payments; return ONNX bytes and the manifest."""
     from skl2onnx import to_onnx
@@ -148,7 +153,7 @@ def train_demo_model(
     fill_row = np.array([fills.get(f, 0.0) for f in FEATURES])
     x = np.where(np.isnan(raw), fill_row, raw).astype(np.float32)
     split = int(rows * 0.8)
-    clf = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=seed)
+    clf = GradientBoostingClassifier(n_estimators=trees, max_depth=3, random_state=seed)
     clf.fit(x[:split], labels[:split])
     onx = to_onnx(
         clf,
@@ -186,9 +191,9 @@ def train_demo_model(
         output=OutputSpec(
             kind="classifier", labels=["legit", "fraud"], positive_label="fraud", threshold=0.5
         ),
-        score_reference={"counts": [int(c) for c in score_counts]},
+        score_reference=Reference(counts=[int(c) for c in score_counts]),
         training={
-            "algorithm": "sklearn GradientBoostingClassifier(n_estimators=100, max_depth=3)",
+            "algorithm": f"sklearn GradientBoostingClassifier(n_estimators={trees}, max_depth=3)",
             "rows": rows,
             "fraud_rate": float(labels.mean()),
             "holdout_auc": round(auc, 4),
@@ -196,4 +201,3 @@ def train_demo_model(
         },
     )
     return onnx_bytes, manifest
-

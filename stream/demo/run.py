@@ -165,9 +165,7 @@ def _produce_and_account(
             progress.update(scored, completed=n, rate=n / max(time.monotonic() - started, 1e-6))
             return n >= report.produced
 
-        outputs = read_topics(
-            kafka_config, {t: starts[t] for t in topics}, accounted, timeout=120
-        )
+        outputs = read_topics(kafka_config, {t: starts[t] for t in topics}, accounted, timeout=120)
     if report.failed:
         raise ServiceError(f"{report.failed} events were not acknowledged by Kafka")
     predictions = outputs[pipeline.predictions_topic]
@@ -202,13 +200,15 @@ def _report(
         since = datetime.fromtimestamp(run["first_scored_ms"] / 1000 - 1, tz=UTC)
         params = {"p": pipeline.name, "since": since}
         latency = ch.client.query(
-            "SELECT count(), sum(count), sumForEach(latency_buckets), sumForEach(inference_buckets) "
-            "FROM latency_windows FINAL WHERE pipeline = {p:String} AND window_end > {since:DateTime64(3)}",
+            "SELECT count(), sum(count), sumForEach(latency_buckets), "
+            "sumForEach(inference_buckets) FROM latency_windows FINAL "
+            "WHERE pipeline = {p:String} AND window_end > {since:DateTime64(3)}",
             parameters=params,
         ).result_rows[0]
         drift = ch.client.query(
             "SELECT window_start, feature, psi, ks FROM drift_windows FINAL "
-            "WHERE pipeline = {p:String} AND window_end > {since:DateTime64(3)} AND status = 'alert' "
+            "WHERE pipeline = {p:String} AND window_end > {since:DateTime64(3)} "
+            "AND status = 'alert' "
             "ORDER BY window_start, psi DESC",
             parameters=params,
         ).result_rows
@@ -218,7 +218,9 @@ def _report(
     span_s = max((run["last_scored_ms"] - run["first_scored_ms"]) / 1000.0, 1e-3)
 
     summary = Table(title=f"demo: pipeline {pipeline.name}", show_header=False)
-    summary.add_row("events produced", f"{run['produced']:,} ({run['malformed']} malformed on purpose)")
+    summary.add_row(
+        "events produced", f"{run['produced']:,} ({run['malformed']} malformed on purpose)"
+    )
     summary.add_row("predictions (Kafka)", f"{run['predictions']:,}")
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(run["dead_letter_reasons"].items()))
     summary.add_row("dead letters (Kafka)", f"{run['dead_letters']:,} ({reasons or 'none'})")
@@ -234,7 +236,9 @@ def _report(
         inf = np.asarray(inf_buckets)
         summary.add_row(
             "end-to-end latency",
-            " · ".join(f"p{int(q * 100)} {latency_quantile(lat, q):.1f} ms" for q in (0.5, 0.95, 0.99)),
+            " · ".join(
+                f"p{int(q * 100)} {latency_quantile(lat, q):.1f} ms" for q in (0.5, 0.95, 0.99)
+            ),
         )
         summary.add_row(
             "inference per event",
@@ -254,5 +258,5 @@ def _report(
     console.print(f"drifted features: {', '.join(flagged) or 'none'}")
     console.print(
         'query more with: stream query "SELECT window_start, feature, psi, status '
-        "FROM drift_windows FINAL ORDER BY window_start, feature\""
+        'FROM drift_windows FINAL ORDER BY window_start, feature"'
     )

@@ -73,7 +73,8 @@ class FeatureBuilder:
                 index = categories.get(value) if isinstance(value, str) else None
                 if index is None:
                     raise ValidationError(
-                        f"{name}: unknown category {value!r:.60} (expected one of {sorted(categories)})"
+                        f"{name}: unknown category {value!r:.60} "
+                        f"(expected one of {sorted(categories)})"
                     )
                 values.append(float(index))
             elif isinstance(value, bool) or not isinstance(value, int | float):

@@ -17,7 +17,7 @@ MAX_ERROR_MESSAGE = 1000
 class KafkaProducer(Protocol):
     """The part of confluent_kafka.Producer the engine uses."""
 
-    def produce(self, topic: str, value: bytes | None = ..., key: bytes | None = ..., **kw: Any) -> None: ...
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
 
     def poll(self, timeout: float = ...) -> int: ...
 
@@ -70,7 +70,9 @@ class OutputWriter:
     def acknowledge(self) -> None:
         remaining = self._producer.flush(self._flush_timeout_s)
         if remaining:
-            raise DeliveryError(f"{remaining} outputs not acknowledged within {self._flush_timeout_s}s")
+            raise DeliveryError(
+                f"{remaining} outputs not acknowledged within {self._flush_timeout_s}s"
+            )
         with self._lock:
             failures, self._failures = self._failures, []
         if failures:

@@ -260,7 +260,10 @@ class ScoringEngine:
         )
         self.writer = OutputWriter(self._producer)
         self.accumulator = PartialAccumulator(
-            pipeline.name, model.manifest, int(pipeline.monitor.window_seconds * 1000), self.worker_id
+            pipeline.name,
+            model.manifest,
+            int(pipeline.monitor.window_seconds * 1000),
+            self.worker_id,
         )
         self.scorer = BatchScorer(pipeline, model, serdes, self.writer, self.accumulator)
         self.policy = BatchPolicy(pipeline.batch.max_size, pipeline.batch.max_wait_ms / 1000.0)
@@ -278,7 +281,8 @@ class ScoringEngine:
         return self.scorer.counters
 
     def start(self) -> None:
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -358,6 +362,8 @@ class ScoringEngine:
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("%s engine revoked %d partitions; checkpointing", self.pipeline.name, len(partitions))
+        log.info(
+            "%s engine revoked %d partitions; checkpointing", self.pipeline.name, len(partitions)
+        )
         self.checkpoint()
         self.counters.assigned = []

@@ -136,7 +136,9 @@ class ModelManifest(_Frozen):
         try:
             digest = sha256_file(onnx_path)
         except FileNotFoundError:
-            raise ModelLoadError(f"{self.name}:{self.version}: no model file at {onnx_path}") from None
+            raise ModelLoadError(
+                f"{self.name}:{self.version}: no model file at {onnx_path}"
+            ) from None
         if digest != self.onnx_sha256:
             raise ModelLoadError(
                 f"{self.name}:{self.version}: checksum mismatch for {onnx_path} "

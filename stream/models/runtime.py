@@ -100,7 +100,9 @@ class OnnxModel:
             )
         probs = values.reshape(n, -1)
         if probs.shape[1] != len(spec.labels):
-            raise ValueError(f"model returned {probs.shape[1]} classes for {len(spec.labels)} labels")
+            raise ValueError(
+                f"model returned {probs.shape[1]} classes for {len(spec.labels)} labels"
+            )
         positive = spec.positive_index
         if positive is not None:
             score = probs[:, positive]

@@ -25,8 +25,8 @@ from stream.monitor.windows import (
     ClosedWindow,
     Partial,
     drift_rows,
-    latency_row,
     due_windows,
+    latency_row,
     mark_closed,
     merge_partial,
     new_state,
@@ -68,21 +68,20 @@ class MonitorAgent:
             f"{pipeline.name}-monitor-windows",
             default=None,
             partitions=partitions,
-            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
-        )
+        )  # keys and values are JSON (faust's table default): "pipeline|model|version" -> state
         app.agent(self.topic, name=f"{pipeline.name}-monitor")(self._consume)
 
     async def _consume(self, stream: Any) -> None:
         async for event in stream.events():
             try:
-                await self.process(event.key, event.value)
+                await self.process(event.key.decode(), event.value)
             except Exception as exc:
                 # Never stop consuming silently: take the worker down so it restarts.
                 log.exception("monitor agent of %s failed", self.pipeline.name)
                 await self.app.crash(exc)
                 raise
 
-    async def process(self, key: bytes, value: bytes) -> None:
+    async def process(self, key: str, value: bytes) -> None:
         try:
             partial = Partial.parse(json.loads(value))
         except (ValueError, KeyError, TypeError) as exc:
@@ -98,7 +97,9 @@ class MonitorAgent:
                 partial.model, partial.version, partial.window_start, partial.stats.count,
             )  # fmt: skip
         grace_ms = int(self.pipeline.monitor.grace_seconds * 1000)
-        for window in due_windows(state, (partial.pipeline, partial.model, partial.version), grace_ms):
+        for window in due_windows(
+            state, (partial.pipeline, partial.model, partial.version), grace_ms
+        ):
             try:
                 await self._write(window)
             except Exception as exc:
@@ -108,7 +109,7 @@ class MonitorAgent:
                 break
             mark_closed(state, window)
             self.windows_written += 1
-            self.closed_until[key.decode()] = int(state["closed_until"])
+            self.closed_until[key] = int(state["closed_until"])
         self.table[key] = state
 
     def _manifest(self, model: str, version: str) -> ModelManifest:
@@ -137,5 +138,3 @@ class MonitorAgent:
             "bad_partials": self.bad_partials,
             "write_failures": self.write_failures,
         }
-
-

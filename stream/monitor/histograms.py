@@ -114,7 +114,9 @@ class HistogramLayout:
         labels = label_index[label_index >= 0]
         stats.labels += np.bincount(labels, minlength=self.n_labels)[: self.n_labels]
         clipped = np.clip(score, 0.0, 1.0)
-        stats.scores += np.bincount(np.searchsorted(SCORE_EDGES, clipped, side="right"), minlength=SCORE_BINS)
+        stats.scores += np.bincount(
+            np.searchsorted(SCORE_EDGES, clipped, side="right"), minlength=SCORE_BINS
+        )
         stats.confidence += np.bincount(
             np.searchsorted(SCORE_EDGES, confidence, side="right"), minlength=SCORE_BINS
         )

@@ -101,7 +101,9 @@ def merge_partial(state: dict[str, Any], partial: Partial) -> bool:
     return True
 
 
-def due_windows(state: dict[str, Any], key: tuple[str, str, str], grace_ms: int) -> list[ClosedWindow]:
+def due_windows(
+    state: dict[str, Any], key: tuple[str, str, str], grace_ms: int
+) -> list[ClosedWindow]:
     """The open windows whose end plus grace lies before the watermark, oldest first."""
     pipeline, model, version = key
     watermark = int(state["watermark"])

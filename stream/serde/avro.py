@@ -6,7 +6,7 @@ import io
 import json
 import struct
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
@@ -23,7 +23,7 @@ def load_schema(schemas_dir: Path, name: str) -> AvroSchema:
     """Parse ``schemas_dir/name``; a missing or broken file is a settings error."""
     path = schemas_dir / name
     try:
-        return dict(parse_schema(json.loads(path.read_text())))
+        return cast(AvroSchema, parse_schema(json.loads(path.read_text())))
     except FileNotFoundError:
         raise SettingsError("input.schema", f"no Avro schema at {path}") from None
     except (json.JSONDecodeError, ValueError, KeyError) as exc:
@@ -76,9 +76,7 @@ class AvroSerde:
         except Exception as exc:  # fastavro raises many types for bad bytes
             raise ValueDecodeError(f"not valid Avro for {self.schema['name']}: {exc!r}") from None
         if buf.tell() != len(data):
-            raise ValueDecodeError(
-                f"{len(data) - buf.tell()} trailing bytes after the Avro record"
-            )
+            raise ValueDecodeError(f"{len(data) - buf.tell()} trailing bytes after the Avro record")
         if not isinstance(record, dict):
             raise ValueDecodeError("Avro payload is not a record")
         return record
@@ -93,7 +91,9 @@ class AvroSerde:
             try:
                 registered = self._registry.get_schema(schema_id)
             except Exception as exc:
-                raise ValueDecodeError(f"schema id {schema_id} not in the registry: {exc}") from None
-            writer = dict(parse_schema(json.loads(registered.schema_str)))
+                raise ValueDecodeError(
+                    f"schema id {schema_id} not in the registry: {exc}"
+                ) from None
+            writer = cast(AvroSchema, parse_schema(json.loads(registered.schema_str)))
             self._writers[schema_id] = writer
         return writer

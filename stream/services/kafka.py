@@ -76,22 +76,22 @@ def free_port() -> int:
 
 def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when a broker at ``bootstrap`` answers a metadata request."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _quiet})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
         return bool(admin.list_topics(timeout=timeout).brokers)
     except Exception:
         return False
 
 
-def _quiet(*_: object) -> None:
-    return None
-
-
 class KafkaBroker:
     """One KRaft node (broker and controller) whose data lives under ``data_dir``."""
 
     def __init__(
-        self, data_dir: Path, jars_dir: Path | None = None, port: int | None = None, heap: str = "512m"
+        self,
+        data_dir: Path,
+        jars_dir: Path | None = None,
+        port: int | None = None,
+        heap: str = "512m",
     ) -> None:
         self.data_dir = data_dir
         self.jars_dir = jars_dir
@@ -177,7 +177,9 @@ class KafkaBroker:
                 return
             time.sleep(0.2)
         self.stop()
-        raise ServiceError(f"Kafka broker did not answer within {timeout:.0f}s (log: {self.log_path})")
+        raise ServiceError(
+            f"Kafka broker did not answer within {timeout:.0f}s (log: {self.log_path})"
+        )
 
     @property
     def pid(self) -> int | None:

@@ -35,7 +35,9 @@ def end_offsets(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0)
         for p in meta.partitions:
             while True:
                 try:
-                    offsets[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                    offsets[p] = consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=5
+                    )[1]
                     break
                 except KafkaException as exc:
                     # A partition created a moment ago may not have its leader yet.
@@ -54,7 +56,7 @@ def read_topics(
     done: Callable[[dict[str, list[Any]]], bool],
     timeout: float,
 ) -> dict[str, list[Any]]:
-    """Read each topic from its start offsets (None: the beginning) until ``done`` or the timeout."""
+    """Read each topic from its start offsets (None: the beginning) until ``done`` or timeout."""
     consumer = _consumer(kafka_config)
     out: dict[str, list[Any]] = {topic: [] for topic in start}
     try:
@@ -69,7 +71,24 @@ def read_topics(
         while not done(out) and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.2):
                 if message.error() is None:
-                    out[message.topic()].append(message)
+                    out[str(message.topic())].append(message)
         return out
     finally:
         consumer.close()
+
+
+def read_to_end(
+    kafka_config: dict[str, Any], topics: list[str], timeout: float = 60.0
+) -> dict[str, list[Any]]:
+    """Everything in ``topics`` up to their end offsets at the time of the call."""
+    ends = {t: end_offsets(kafka_config, t) for t in topics}
+    want = {(t, p): end for t, parts in ends.items() for p, end in parts.items() if end > 0}
+
+    def done(out: dict[str, list[Any]]) -> bool:
+        last: dict[tuple[str, int], int] = {}
+        for t, messages in out.items():
+            for m in messages:
+                last[(t, m.partition())] = m.offset()
+        return all(last.get(tp, -1) >= end - 1 for tp, end in want.items())
+
+    return read_topics(kafka_config, {t: None for t in topics}, done, timeout)

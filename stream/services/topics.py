@@ -72,7 +72,9 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30
     while time.monotonic() < deadline:
         meta = admin.list_topics(timeout=5).topics
         if all(
-            t in meta and meta[t].partitions and all(p.leader >= 0 for p in meta[t].partitions.values())
+            t in meta
+            and meta[t].partitions
+            and all(p.leader >= 0 for p in meta[t].partitions.values())
             for t in topics
         ):
             return

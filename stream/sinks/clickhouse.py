@@ -43,7 +43,9 @@ class ClickHouse:
 def _embedded_folder(dsn: str) -> Path:
     parsed = urlparse(dsn)
     if parsed.netloc and parsed.netloc != "":
-        raise SettingsError(DSN_SETTING, f"use chdb:///absolute/path for the embedded engine, not {dsn!r}")
+        raise SettingsError(
+            DSN_SETTING, f"use chdb:///absolute/path for the embedded engine, not {dsn!r}"
+        )
     if not parsed.path or parsed.path == "/":
         raise SettingsError(DSN_SETTING, "chdb:// needs a data folder, e.g. chdb:///var/lib/stream")
     return Path(parsed.path)
@@ -84,10 +86,14 @@ def connect(dsn: str, database: str) -> ClickHouse:
         parsed = urlparse(dsn)
         display = f"{scheme}://{parsed.hostname}:{parsed.port or ''}"
     else:
-        raise SettingsError(DSN_SETTING, f"unsupported scheme {scheme!r}: use chdb:///path or http(s)://")
+        raise SettingsError(
+            DSN_SETTING, f"unsupported scheme {scheme!r}: use chdb:///path or http(s)://"
+        )
     try:
-        timeouts = {} if scheme == "chdb" else {"connect_timeout": 5}
-        client = clickhouse_connect.get_client(dsn=dsn, **timeouts)
+        if scheme == "chdb":
+            client = clickhouse_connect.get_client(dsn=dsn)
+        else:
+            client = clickhouse_connect.get_client(dsn=dsn, connect_timeout=5)
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
         client.database = database
     except Exception as exc:
@@ -119,7 +125,9 @@ def migrate(ch: ClickHouse, migrations_dir: Path) -> list[str]:
         for statement in _statements(path.read_text()):
             client.command(statement)
         client.insert(
-            "schema_migrations", [[path.name, datetime.now(UTC)]], column_names=["name", "applied_at"]
+            "schema_migrations",
+            [[path.name, datetime.now(UTC)]],
+            column_names=["name", "applied_at"],
         )
         applied.append(path.name)
         log.info("applied migration %s", path.name)

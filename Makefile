@@ -1,0 +1,47 @@
+# The two commands: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint unit integration kafka-jars prerequisites clean
+
+demo: $(VENV)/.installed-train prerequisites
+	$(BIN)/stream demo
+
+test: $(VENV)/.installed-test prerequisites lint
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check stream tests
+	$(BIN)/ruff format --check stream tests
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(VENV)/.installed-test prerequisites
+	$(BIN)/python -m pytest tests/integration
+
+# Fetch the Kafka broker jars into the cache folder now rather than at first use.
+kafka-jars: $(VENV)/.installed-train
+	$(BIN)/python -c "from stream.services.kafka import ensure_jars; print(ensure_jars())"
+
+prerequisites:
+	@command -v java >/dev/null || { echo "Java 17+ is needed for the local Kafka broker (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is needed to fetch the Kafka broker jars (e.g. apt-get install maven)"; exit 1; }
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (PYTHON=$(PYTHON))")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-train: pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e ".[train]"
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $@ $(VENV)/.installed-train
+
+clean:
+	rm -rf $(VENV) .stream .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,48 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.demo.data import train_demo_model
+from stream.models.manifest import ModelManifest
+from stream.models.registry import ModelRegistry
+
+MODEL_NAME = "payments-fraud"
+MODEL_VERSION = "1"
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> tuple[bytes, ModelManifest]:
+    """A small demo model (20 trees on 4,000 rows): real ONNX, trained in about a second."""
+    return train_demo_model(MODEL_NAME, MODEL_VERSION, rows=4_000, trees=20)
+
+
+@pytest.fixture(scope="session")
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, trained_model: tuple[bytes, ModelManifest]
+) -> ModelRegistry:
+    reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    reg.register(*trained_model)
+    return reg
+
+
+@pytest.fixture
+def registry_path(registry: ModelRegistry) -> Path:
+    return registry.root
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves Python threads running."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for t in leaked:
+        t.join(timeout=5)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"test leaked threads: {still}"

@@ -1,0 +1,117 @@
+"""Bad input against a live worker: every broken event is a dead letter with its reason."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from stream.demo.data import CATEGORIES, NUMERIC
+from tests.integration.conftest import PipelineHarness, engine
+
+pytestmark = pytest.mark.integration
+
+
+def valid(event_id: str) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": event_id,
+        "event_time": 1_700_000_000_000,
+        "customer_id": "c",
+    }
+    event.update({name: 1.0 for name in NUMERIC})
+    event.update({name: cats[0] for name, cats in CATEGORIES.items()})
+    return event
+
+
+def encoded(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode()  # allow_nan: NaN and Infinity literals on purpose
+
+
+def without(field: str) -> dict[str, Any]:
+    event = valid("missing")
+    del event[field]
+    return event
+
+
+CASES: dict[str, tuple[bytes, str | None]] = {
+    "ok": (encoded(valid("ok")), None),
+    "ok-null": (encoded({**valid("ok-null"), "device_age_days": None}), None),
+    "garbage": (b"\x00\x01\x02 not json", "value_decode"),
+    "array": (b"[1, 2, 3]", "value_decode"),
+    "empty": (b"", "value_decode"),
+    "missing": (encoded(without("amount")), "invalid"),
+    "wrong-type": (encoded({**valid("wrong-type"), "amount": "twelve"}), "invalid"),
+    "nan": (encoded({**valid("nan"), "amount": math.nan}), "invalid"),
+    "inf": (encoded({**valid("inf"), "ip_risk_score": math.inf}), "invalid"),
+    "unknown-enum": (encoded({**valid("unknown-enum"), "channel": "carrier-pigeon"}), "invalid"),
+    "null-required": (encoded({**valid("null-required"), "amount": None}), "invalid"),
+    "negative-time": (encoded({**valid("negative-time"), "event_time": -5}), "invalid"),
+    "oversized": (encoded({**valid("oversized"), "note": "x" * 70_000}), "invalid"),
+}
+
+
+def test_bad_events_become_dead_letters_and_worker_stays_up(
+    harness: PipelineHarness, clickhouse_dsn: str
+) -> None:
+    pipeline, path = harness.pipeline(input={"format": "json"})
+    worker = harness.worker(path)
+    worker.wait_ready()
+    producer = Producer({**harness.kafka_config, "message.max.bytes": 2_000_000})
+    for key, (payload, _) in CASES.items():
+        producer.produce(pipeline.events_topic, value=payload, key=key.encode())
+    producer.flush(30)
+
+    out = harness.outcomes(pipeline, {k.encode() for k in CASES})
+    predicted = {m.key().decode() for m in out[pipeline.predictions_topic]}
+    dead = {m.key().decode(): dict(m.headers()) for m in out[pipeline.deadletter_topic]}
+    assert predicted == {k for k, (_, reason) in CASES.items() if reason is None}
+    for key, (_, reason) in CASES.items():
+        if reason is None:
+            continue
+        headers = dead[key]
+        assert headers["error.reason"].decode() == reason, key
+        assert headers["error.message"], key
+        assert headers["source.topic"] == pipeline.events_topic.encode()
+        assert int(headers["source.offset"]) >= 0
+    assert b"carrier-pigeon" in dead["unknown-enum"]["error.message"]
+    assert b"exceeds input.max_event_bytes" in dead["oversized"]["error.message"]
+    assert (
+        next(m for m in out[pipeline.deadletter_topic] if m.key() == b"garbage").value()
+        == CASES["garbage"][0]
+    ), "dead letters keep the original bytes"
+
+    status = worker.status()
+    assert status is not None and engine(status, pipeline.name)["alive"]
+
+    # While the worker holds the embedded ClickHouse folder, a second opener gets one line.
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "query", "SELECT 1"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "STREAM_CLICKHOUSE_DSN": clickhouse_dsn},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "is busy" in line and str(worker.pid) in line
+    assert worker.stop() == 0
+
+
+def test_migrations_apply_once(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}"}
+
+    def migrate() -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "stream", "db", "migrate"],
+            capture_output=True, text=True, timeout=60, check=True, env=env,
+        )  # fmt: skip
+        return result.stdout
+
+    assert "applied: 001_windows.sql" in migrate()
+    assert "schema is up to date" in migrate()

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream.errors import SettingsError
+from stream.settings import PROJECT_ROOT, load_pipeline, load_settings
+
+
+def test_demo_pipeline_file_loads() -> None:
+    pipeline = load_pipeline(PROJECT_ROOT / "pipelines" / "payments.yaml")
+    assert pipeline.events_topic == "payments.events"
+    assert pipeline.model.version == "1"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("name: [", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+        ("name: p\n", "model"),
+        ("name: p\nmodel: {name: m, version: 1}\nreview_threshold: 3\n", "review_threshold"),
+        ("name: p\nmodel: {name: m, version: 1}\nbatch: {max_size: 0}\n", "batch.max_size"),
+        ("name: 'a b'\nmodel: {name: m, version: 1}\n", "name"),
+        ("name: p\nmodel: {name: m, version: 1}\nsurprise: 1\n", "surprise"),
+    ],
+)
+def test_bad_pipeline_files_name_the_field(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(content)
+    with pytest.raises(SettingsError, match=message) as info:
+        load_pipeline(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_pipeline_file(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="--pipeline: no pipeline file"):
+        load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_bad_environment_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_WEB_PORT", "eighty")
+    with pytest.raises(SettingsError, match="STREAM_WEB_PORT"):
+        load_settings()
+
+
+def test_secrets_stay_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_CLICKHOUSE_DSN", "http://u:hunter2@h:8123/db")
+    monkeypatch.setenv("STREAM_KAFKA_SASL_PASSWORD", "hunter3")
+    settings = load_settings()
+    assert "hunter2" not in repr(settings)
+    assert "hunter3" not in repr(settings)
+    assert settings.dsn.endswith("/db")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_cli_unknown_pipeline_file(tmp_path: Path) -> None:
+    result = run_cli("worker", "--pipeline", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2
+    assert_one_line_error(result, "--pipeline", "missing.yaml")
+
+
+def test_cli_unreachable_broker(tmp_path: Path) -> None:
+    from stream.services.kafka import free_port
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "p", "model": {"name": "m", "version": "1"}}))
+    result = run_cli(
+        "worker", "--pipeline", str(pipeline),
+        env={"STREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
+    )  # fmt: skip
+    assert_one_line_error(result, "STREAM_KAFKA_BOOTSTRAP", "no Kafka broker answered")
+
+
+def test_cli_worker_without_bootstrap(tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "p", "model": {"name": "m", "version": "1"}}))
+    env = {k: v for k, v in os.environ.items() if k != "STREAM_KAFKA_BOOTSTRAP"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "worker", "--pipeline", str(pipeline)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert_one_line_error(result, "STREAM_KAFKA_BOOTSTRAP", "not set")
+
+
+@pytest.mark.parametrize(
+    ("dsn", "word"),
+    [
+        ("mysql://x/y", "unsupported scheme"),
+        ("chdb://", "needs a data folder"),
+        ("chdb://host/x", "chdb:///"),
+    ],
+)
+def test_cli_bad_dsn(dsn: str, word: str) -> None:
+    result = run_cli("db", "migrate", env={"STREAM_CLICKHOUSE_DSN": dsn})
+    assert_one_line_error(result, "STREAM_CLICKHOUSE_DSN", word)
+
+
+def test_cli_unreachable_clickhouse_server() -> None:
+    from stream.services.kafka import free_port
+
+    result = run_cli(
+        "db", "migrate", env={"STREAM_CLICKHOUSE_DSN": f"http://127.0.0.1:{free_port()}"}
+    )
+    assert_one_line_error(result, "STREAM_CLICKHOUSE_DSN", "cannot use ClickHouse")
+
+
+def test_cli_bad_env_value() -> None:
+    result = run_cli("db", "migrate", env={"STREAM_WEB_PORT": "eighty"})
+    assert result.returncode == 2
+    assert_one_line_error(result, "STREAM_WEB_PORT")
