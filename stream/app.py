@@ -9,6 +9,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -60,6 +61,10 @@ def faust_broker_url(bootstrap: str) -> str:
     )
 
 
+def faust_datadir(settings: Settings) -> Path:
+    return settings.home / "faust" / f"{settings.app_id}-data"
+
+
 def create_app(
     settings: Settings,
     pipelines: list[PipelineConfig],
@@ -72,6 +77,7 @@ def create_app(
         settings.app_id,
         broker=faust_broker_url(settings.kafka_bootstrap or ""),
         store="memory://",
+        datadir=str(faust_datadir(settings)),
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,

@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 
-from stream.app import create_app
+from stream.app import create_app, faust_datadir
 from stream.engine.scoring import EngineSerdes, ScoringEngine
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
@@ -77,6 +77,7 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
             )
             for p in pipelines
         ]
+        faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
         app = create_app(settings, pipelines, engines, registry, ClickHouseSink(clickhouse))
         for engine in engines:
             engine.start()

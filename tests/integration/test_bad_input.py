@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream.demo.data import CATEGORIES, NUMERIC
+from stream.models.registry import ModelRegistry
 from tests.integration.conftest import PipelineHarness, engine
 
 pytestmark = pytest.mark.integration
@@ -115,3 +116,33 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
 
     assert "applied: 001_windows.sql" in migrate()
     assert "schema is up to date" in migrate()
+
+
+@pytest.mark.parametrize(
+    ("version", "message"), [("404", "not in the registry"), ("tampered", "checksum")]
+)
+def test_worker_refuses_a_model_that_does_not_verify(
+    harness: PipelineHarness, tmp_path: Path, version: str, message: str
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    onnx_bytes = (harness.registry.folder("payments-fraud", "1") / "model.onnx").read_bytes()
+    manifest = harness.registry.manifest("payments-fraud", "1").model_copy(
+        update={"version": "tampered"}
+    )
+    folder = registry.register(onnx_bytes, manifest)
+    (folder / "model.onnx").write_bytes(onnx_bytes[:-10])
+    _, path = harness.pipeline(model={"name": "payments-fraud", "version": version})
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "worker", "--pipeline", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={
+            **os.environ,
+            "STREAM_KAFKA_BOOTSTRAP": harness.bootstrap,
+            "STREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}",
+            "STREAM_REGISTRY": str(registry.root),
+        },
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert message in line and f"payments-fraud:{version}" in line
