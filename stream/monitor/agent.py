@@ -57,6 +57,7 @@ class MonitorAgent:
         self.bad_partials = 0
         self.write_failures = 0
         self.closed_until: dict[str, int] = {}
+        self.open_events: dict[str, int] = {}
         partitions = pipeline.monitor.partitions
         self.topic = app.topic(
             pipeline.monitor_topic,
@@ -111,6 +112,9 @@ class MonitorAgent:
             self.windows_written += 1
             self.closed_until[key] = int(state["closed_until"])
         self.table[key] = state
+        self.open_events[key] = sum(
+            int(entry["stats"]["count"]) for entry in state["open"].values() if entry["stats"]
+        )
 
     def _manifest(self, model: str, version: str) -> ModelManifest:
         manifest = self._manifests.get((model, version))
@@ -134,6 +138,7 @@ class MonitorAgent:
         return {
             "windows_written": self.windows_written,
             "closed_until": self.closed_until,
+            "open_events": self.open_events,
             "late_partials": self.late_partials,
             "bad_partials": self.bad_partials,
             "write_failures": self.write_failures,

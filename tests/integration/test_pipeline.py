@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -146,3 +147,46 @@ def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness) -> Non
     # Replays reach back at most to the last checkpoint: about one flush interval of traffic.
     assert duplicates <= 2 * 1500 * pipeline.monitor.flush_interval_seconds
     assert second.stop() == 0
+
+
+def test_monitor_state_survives_a_restart(harness: PipelineHarness) -> None:
+    """Open windows live in a changelog-backed table: a restarted worker finishes them exactly."""
+    pipeline, path = harness.pipeline(monitor={"window_seconds": 20, "grace_seconds": 1})
+    first = harness.worker(path)
+    first.wait_ready()
+    producer = PacedProducer(
+        harness.kafka_config,
+        pipeline.events_topic,
+        AvroSerde(load_schema(SCHEMAS, "payments_event.avsc")),
+    )
+    # Start early in a window, so it is still open when the first worker stops.
+    window_ms = int(pipeline.monitor.window_seconds * 1000)
+    left_ms = window_ms - int(time.time() * 1000) % window_ms
+    if left_ms < 10_000:
+        time.sleep(left_ms / 1000 + 0.1)
+    producer.run(1000, rate=0, seed=9)
+    status = first.wait_until(
+        lambda s: sum(s["pipelines"][pipeline.name]["monitor"]["open_events"].values()) == 1000,
+        timeout=30,
+        what="1000 events in open windows",
+    )
+    assert closed_until(status, pipeline.name) == 0, "the window must still be open"
+    assert first.stop() == 0
+
+    second = harness.worker(path)
+    second.wait_ready()
+    last = engine(status, pipeline.name)["last_scored_ms"]
+    end = window_end(last, window_ms)
+    second.wait_until(
+        lambda s: closed_until(s, pipeline.name) >= end, timeout=60, what="the window to close"
+    )
+    assert second.stop() == 0
+    ch = harness.clickhouse()
+    try:
+        ((count,),) = ch.client.query(
+            "SELECT sum(count) FROM latency_windows FINAL WHERE pipeline = {p:String}",
+            parameters={"p": pipeline.name},
+        ).result_rows
+    finally:
+        ch.close()
+    assert count == 1000
