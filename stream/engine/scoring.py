@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from stream.engine.batching import BatchPolicy, Record
 from stream.engine.features import EventRow, FeatureBuilder
@@ -28,6 +28,13 @@ from stream.serde import Serde, SerdeContext
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
+
+# Commit errors that mean "the group is rebalancing", not "something is broken".
+_REBALANCING = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+}
 
 
 @dataclass
@@ -274,6 +281,8 @@ class ScoringEngine:
             target=self._run, name=f"engine-{pipeline.name}", daemon=True
         )
         self.failure: BaseException | None = None
+        self._broken = False
+        self._owned: set[tuple[str, int]] = set()
         self.ready = threading.Event()
 
     @property
@@ -320,7 +329,13 @@ class ScoringEngine:
         try:
             while not self._stop.is_set():
                 batch = self.policy.collect(consumer.consume)
-                records = [m for m in batch if self._usable(m)]
+                # A rebalance inside collect() may have revoked partitions of records
+                # already fetched: their new owner reads them from the committed offset.
+                records = [
+                    m
+                    for m in batch
+                    if self._usable(m) and (m.topic(), m.partition()) in self._owned
+                ]
                 if records:
                     self.scorer.score(records)
                     for m in records:
@@ -330,6 +345,12 @@ class ScoringEngine:
                     self.checkpoint()
                     next_checkpoint = time.monotonic() + interval
             self.checkpoint()
+        except BaseException:
+            # Outputs of the uncommitted events may be lost: never commit them,
+            # not even from the revoke that closing the consumer triggers.
+            self._broken = True
+            self._offsets.clear()
+            raise
         finally:
             consumer.close()
             self._consumer = None
@@ -352,11 +373,20 @@ class ScoringEngine:
         self.writer.acknowledge()
         if self._offsets and self._consumer is not None:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _REBALANCING:
+                    raise
+                # The group is rebalancing: keep the offsets for the next checkpoint
+                # (or the revoke). Events the next owner re-reads are scored again.
+                log.warning("commit deferred, group is rebalancing: %s", exc.args[0].str())
+                return
             self._offsets.clear()
             self.counters.commits += 1
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._owned = {(p.topic, p.partition) for p in partitions}
         self.counters.assigned = sorted(f"{p.topic}[{p.partition}]" for p in partitions)
         log.info("%s engine assigned %s", self.pipeline.name, self.counters.assigned)
         self.ready.set()
@@ -365,5 +395,9 @@ class ScoringEngine:
         log.info(
             "%s engine revoked %d partitions; checkpointing", self.pipeline.name, len(partitions)
         )
-        self.checkpoint()
+        if not self._broken:
+            self.checkpoint()
+        for tp in partitions:
+            self._offsets.pop((tp.topic, tp.partition), None)
+            self._owned.discard((tp.topic, tp.partition))
         self.counters.assigned = []

@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from stream.models.registry import ModelRegistry
+from stream.produce import PacedProducer
+from stream.serde import AvroSerde, load_schema
 from stream.services.kafka import KafkaBroker
 from stream.services.readback import end_offsets, read_to_end, read_topics
 from stream.services.topics import ensure_topics
@@ -72,6 +74,11 @@ class PipelineHarness:
         path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True)))
         ensure_topics(self.kafka_config, [pipeline])
         return pipeline, path
+
+    def producer(self, pipeline: PipelineConfig) -> PacedProducer:
+        """Synthetic payments (Avro) for the pipeline's events topic."""
+        serde = AvroSerde(load_schema(Settings().schemas_dir, pipeline.input.schema_file))
+        return PacedProducer(self.kafka_config, pipeline.events_topic, serde)
 
     def worker(self, path: Path) -> WorkerProcess:
         env = {

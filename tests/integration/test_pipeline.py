@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from stream.demo.data import FEATURES
-from stream.produce import PacedProducer
 from stream.serde import AvroSerde, SerdeContext, load_schema
 from stream.settings import PROJECT_ROOT
 from tests.integration.conftest import PipelineHarness, closed_until, engine, window_end
@@ -29,11 +28,7 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
     window_ms = int(pipeline.monitor.window_seconds * 1000)
     worker = harness.worker(path)
     worker.wait_ready()
-    producer = PacedProducer(
-        harness.kafka_config,
-        pipeline.events_topic,
-        AvroSerde(load_schema(SCHEMAS, "payments_event.avsc")),
-    )
+    producer = harness.producer(pipeline)
     keys: set[bytes] = set()
     malformed = 0
     outcomes: dict[str, list[Any]] = {}
@@ -111,11 +106,7 @@ def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness) -> Non
     pipeline, path = harness.pipeline(partitions=4)
     first = harness.worker(path)
     first.wait_ready()
-    producer = PacedProducer(
-        harness.kafka_config,
-        pipeline.events_topic,
-        AvroSerde(load_schema(SCHEMAS, "payments_event.avsc")),
-    )
+    producer = harness.producer(pipeline)
     reports = []
     thread = threading.Thread(target=lambda: reports.append(producer.run(6000, rate=1500, seed=5)))
     thread.start()
@@ -154,11 +145,7 @@ def test_monitor_state_survives_a_restart(harness: PipelineHarness) -> None:
     pipeline, path = harness.pipeline(monitor={"window_seconds": 20, "grace_seconds": 1})
     first = harness.worker(path)
     first.wait_ready()
-    producer = PacedProducer(
-        harness.kafka_config,
-        pipeline.events_topic,
-        AvroSerde(load_schema(SCHEMAS, "payments_event.avsc")),
-    )
+    producer = harness.producer(pipeline)
     # Start early in a window, so it is still open when the first worker stops.
     window_ms = int(pipeline.monitor.window_seconds * 1000)
     left_ms = window_ms - int(time.time() * 1000) % window_ms
