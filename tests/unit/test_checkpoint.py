@@ -1,0 +1,127 @@
+"""The checkpoint order: partials produced → every output acknowledged → offsets committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from stream.engine.outputs import OutputWriter
+from stream.engine.scoring import EngineSerdes, ScoringEngine
+from stream.errors import DeliveryError
+from stream.models.registry import ModelRegistry
+from stream.serde import AvroSerde, load_schema
+from stream.settings import PROJECT_ROOT, PipelineConfig
+from tests.unit.fakes import FakeProducer, FakeRecord
+
+PIPELINE = PipelineConfig.model_validate(
+    {"name": "payments", "model": {"name": "payments-fraud", "version": "1"}}
+)
+
+
+class Journal(FakeProducer):
+    """A producer that writes what happens, in order, to a shared journal."""
+
+    def __init__(self, journal: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.journal = journal
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        self.journal.append(f"produce {topic}")
+        super().produce(topic, *args, **kwargs)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.journal.append("flush")
+        return super().flush(timeout)
+
+
+class JournalConsumer:
+    def __init__(self, journal: list[str], error: int | None = None) -> None:
+        self.journal = journal
+        self.error = error
+        self.committed: list[TopicPartition] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        if self.error is not None:
+            raise KafkaException(KafkaError(self.error))
+        self.journal.append("commit " + ",".join(f"{tp.partition}@{tp.offset}" for tp in offsets))
+        self.committed.extend(offsets)
+
+
+@pytest.fixture
+def engine(registry: ModelRegistry) -> ScoringEngine:
+    schemas = PROJECT_ROOT / "schemas"
+    serdes = EngineSerdes(
+        AvroSerde(load_schema(schemas, "payments_event.avsc")),
+        AvroSerde(load_schema(schemas, "prediction.avsc")),
+        AvroSerde(load_schema(schemas, "review.avsc")),
+    )
+    # The producer and consumer are replaced below; nothing connects to this address.
+    return ScoringEngine(
+        PIPELINE, registry.load("payments-fraud", "1"), serdes, {"bootstrap.servers": "127.0.0.1:9"}
+    )
+
+
+def wire(engine: ScoringEngine, producer: FakeProducer, consumer: JournalConsumer) -> None:
+    engine.writer = OutputWriter(producer)
+    engine.scorer.writer = engine.writer
+    engine._consumer = consumer  # type: ignore[assignment]
+    engine._owned = {("payments.events", 0)}
+
+
+def test_partials_then_acknowledgement_then_commit(engine: ScoringEngine) -> None:
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal))
+    engine.scorer.score([FakeRecord(b"\x02\xff", b"k", _offset=7)])
+    engine._offsets[("payments.events", 0)] = 8
+    engine.checkpoint()
+    assert journal == [
+        "produce payments.deadletter",
+        "produce payments.monitor",
+        "flush",
+        "commit 0@8",
+    ]
+    assert engine._offsets == {}
+
+
+def test_no_commit_when_an_output_was_not_delivered(engine: ScoringEngine) -> None:
+    journal: list[str] = []
+    consumer = JournalConsumer(journal)
+    wire(engine, Journal(journal, fail_topics={"payments.deadletter"}), consumer)
+    engine.scorer.score([FakeRecord(b"\x02\xff", b"k", _offset=7)])
+    engine._offsets[("payments.events", 0)] = 8
+    with pytest.raises(DeliveryError):
+        engine.checkpoint()
+    assert consumer.committed == []
+
+
+def test_commit_during_rebalance_is_deferred(engine: ScoringEngine) -> None:
+    journal: list[str] = []
+    consumer = JournalConsumer(journal, error=KafkaError.REBALANCE_IN_PROGRESS)
+    wire(engine, Journal(journal), consumer)
+    engine._offsets[("payments.events", 0)] = 8
+    engine.checkpoint()
+    assert engine._offsets == {("payments.events", 0): 8}
+    consumer.error = None
+    engine.checkpoint()
+    assert [tp.offset for tp in consumer.committed] == [8]
+
+
+def test_other_commit_errors_stop_the_engine(engine: ScoringEngine) -> None:
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal, error=KafkaError._TRANSPORT))
+    engine._offsets[("payments.events", 0)] = 8
+    with pytest.raises(KafkaException):
+        engine.checkpoint()
+
+
+def test_revoke_checkpoints_then_forgets_the_partitions(engine: ScoringEngine) -> None:
+    journal: list[str] = []
+    consumer = JournalConsumer(journal)
+    wire(engine, Journal(journal), consumer)
+    engine._offsets[("payments.events", 0)] = 8
+    engine._on_revoke(consumer, [TopicPartition("payments.events", 0)])  # type: ignore[arg-type]
+    assert journal[-1] == "commit 0@8"
+    assert engine._owned == set()
