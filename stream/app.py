@@ -15,9 +15,10 @@ from typing import Any
 import faust
 from mode import Service
 
+from stream.deploy.control import ControlWatcher
 from stream.engine.scoring import ScoringEngine
 from stream.models.registry import ModelRegistry
-from stream.monitor.agent import MonitorAgent
+from stream.monitor.agent import ModelEventsAgent, MonitorAgent
 from stream.settings import PipelineConfig, Settings
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -32,8 +33,11 @@ class EngineService(Service):
     worker process exits non-zero and its supervisor restarts it.
     """
 
-    def __init__(self, engines: list[ScoringEngine], **kwargs: Any) -> None:
+    def __init__(
+        self, engines: list[ScoringEngine], watcher: ControlWatcher, **kwargs: Any
+    ) -> None:
         self.engines = engines
+        self.watcher = watcher
         super().__init__(**kwargs)
 
     async def on_stop(self) -> None:
@@ -52,6 +56,11 @@ class EngineService(Service):
                     log.critical("scoring engine of %s is down: %r", engine.pipeline.name, reason)
                     await self.crash(reason)
                     return
+            if self.watcher.failure is not None or not self.watcher.alive:
+                reason = self.watcher.failure or RuntimeError("control watcher stopped")
+                log.critical("control watcher is down: %r", reason)
+                await self.crash(reason)
+                return
             await self.sleep(0.5)
 
 
@@ -69,6 +78,7 @@ def create_app(
     settings: Settings,
     pipelines: list[PipelineConfig],
     engines: list[ScoringEngine],
+    watcher: ControlWatcher,
     registry: ModelRegistry,
     sink: ClickHouseSink,
 ) -> faust.App:
@@ -90,7 +100,8 @@ def create_app(
     )
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
     monitors = {p.name: MonitorAgent(app, p, registry, sink, writer) for p in pipelines}
-    engine_service = EngineService(engines, loop=None)
+    ModelEventsAgent(app, sink, writer)
+    engine_service = EngineService(engines, watcher, loop=None)
 
     @app.task
     async def start_engines() -> None:

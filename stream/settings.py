@@ -153,6 +153,14 @@ class PipelineConfig(_Frozen):
         return f"{self.name}.deadletter"
 
     @property
+    def shadow_topic(self) -> str:
+        return f"{self.name}.shadow"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.name}.alerts"
+
+    @property
     def monitor_topic(self) -> str:
         return f"{self.name}.monitor"
 

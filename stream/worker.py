@@ -9,7 +9,12 @@ from typing import Any
 import faust
 
 from stream.app import create_app, faust_datadir
-from stream.engine.scoring import EngineSerdes, ScoringEngine
+from stream.deploy.control import ControlWatcher, ensure_control_topics, read_states
+from stream.deploy.state import DeploymentState, ModelKey, initial_state
+from stream.engine.deployer import Deployer
+from stream.engine.runtime import build_runtime
+from stream.engine.scorer import EngineSerdes
+from stream.engine.scoring import ScoringEngine
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
 from stream.services.topics import ensure_topics, wait_for_broker
@@ -57,12 +62,23 @@ def _output_serde(settings: Settings, schema_file: str, topic: str, registry: An
     return AvroSerde(schema, schema_id=schema_id)
 
 
+def _deployment(states: dict[str, DeploymentState], pipeline: PipelineConfig) -> DeploymentState:
+    """The pipeline's state from ``stream.control``, or the pipeline file's model."""
+    state = states.get(pipeline.name)
+    if state is None:
+        model = ModelKey(name=pipeline.model.name, version=pipeline.model.version)
+        state = initial_state(pipeline.name, model)
+    return state
+
+
 def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
     """Check every setting and service, then run until stopped (SIGTERM / Ctrl-C)."""
     pipelines = [load_pipeline(path) for path in pipeline_files]
     kafka_config = settings.kafka_config()
     wait_for_broker(kafka_config)
     ensure_topics(kafka_config, pipelines, settings.replication_factor)
+    ensure_control_topics(kafka_config, settings.replication_factor)
+    states, control_offset = read_states(kafka_config)
     clickhouse = connect(settings.dsn, settings.clickhouse_database)
     try:
         migrate(clickhouse, settings.migrations_dir)
@@ -71,20 +87,26 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
         engines = [
             ScoringEngine(
                 p,
-                registry.load(p.model.name, p.model.version),
+                build_runtime(p, _deployment(states, p).current, registry),
                 build_serdes(settings, p, schemas),
                 kafka_config,
             )
             for p in pipelines
         ]
+        deployer = Deployer({e.pipeline.name: e for e in engines}, registry, kafka_config)
+        watcher = ControlWatcher(kafka_config, control_offset, deployer.apply)
         faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
-        app = create_app(settings, pipelines, engines, registry, ClickHouseSink(clickhouse))
+        app = create_app(
+            settings, pipelines, engines, watcher, registry, ClickHouseSink(clickhouse)
+        )
         for engine in engines:
             engine.start()
+        watcher.start()
         try:
             worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
             worker.execute_from_commandline()
         finally:
+            watcher.stop()
             for engine in engines:
                 engine.stop()
     finally:

@@ -26,8 +26,11 @@ def trained_model() -> tuple[bytes, ModelManifest]:
 def registry(
     tmp_path_factory: pytest.TempPathFactory, trained_model: tuple[bytes, ModelManifest]
 ) -> ModelRegistry:
+    """Versions "1" and "2" of payments-fraud (the same ONNX file under two versions)."""
     reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    reg.register(*trained_model)
+    onnx_bytes, manifest = trained_model
+    reg.register(onnx_bytes, manifest)
+    reg.register(onnx_bytes, manifest.model_copy(update={"version": "2"}))
     return reg
 
 

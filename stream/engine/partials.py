@@ -26,6 +26,7 @@ class PartialAccumulator:
     manifest: ModelManifest
     window_ms: int
     worker: str
+    variant: str = "champion"
     layout: HistogramLayout = field(init=False)
     windows: dict[int, WindowStats] = field(default_factory=dict)
 
@@ -64,6 +65,7 @@ class PartialAccumulator:
             "pipeline": self.pipeline,
             "model": self.manifest.name,
             "version": self.manifest.version,
+            "variant": self.variant,
             "window_start": start,
             "window_ms": self.window_ms,
             "emitted_at": now_ms,

@@ -6,25 +6,21 @@ see DESIGN.md for why the hot path is not a faust agent.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from stream.engine.batching import BatchPolicy, Record
-from stream.engine.features import EventRow, FeatureBuilder
-from stream.engine.outputs import OutputWriter, dead_letter_headers
-from stream.engine.partials import PartialAccumulator
-from stream.errors import EventContext, EventError, ModelError, ValidationError, ValueDecodeError
-from stream.models.runtime import OnnxModel, Prediction
-from stream.serde import Serde, SerdeContext
+from stream.deploy.control import EVENTS_TOPIC, model_event
+from stream.engine.batching import BatchPolicy
+from stream.engine.outputs import OutputWriter
+from stream.engine.runtime import Runtime
+from stream.engine.scorer import BatchScorer, EngineCounters, EngineSerdes
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -35,203 +31,6 @@ _REBALANCING = {
     KafkaError.ILLEGAL_GENERATION,
     KafkaError.UNKNOWN_MEMBER_ID,
 }
-
-
-@dataclass
-class EngineCounters:
-    consumed: int = 0
-    predictions: int = 0
-    reviews: int = 0
-    dead_letters: int = 0
-    batches: int = 0
-    commits: int = 0
-    last_scored_ms: int = 0
-    assigned: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class EngineSerdes:
-    events: Serde
-    predictions: Serde
-    review: Serde
-
-
-class BatchScorer:
-    """Scores one batch of records and hands every outcome to the writer.
-
-    Every record ends as exactly one prediction or one dead letter (plus a
-    review item when its confidence is low). Kafka-free, so it is unit-tested
-    with a fake writer.
-    """
-
-    def __init__(
-        self,
-        pipeline: PipelineConfig,
-        model: OnnxModel,
-        serdes: EngineSerdes,
-        writer: OutputWriter,
-        accumulator: PartialAccumulator,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.pipeline = pipeline
-        self.model = model
-        self.serdes = serdes
-        self.writer = writer
-        self.accumulator = accumulator
-        self.features = FeatureBuilder(
-            model.manifest, pipeline.input.event_id_field, pipeline.input.event_time_field
-        )
-        self.counters = EngineCounters()
-        self._clock = clock
-        self._labels = model.manifest.output.labels
-        self._events_ctx = SerdeContext(pipeline.events_topic)
-        self._pred_ctx = SerdeContext(pipeline.predictions_topic)
-        self._review_ctx = SerdeContext(pipeline.review_topic)
-
-    def score(self, records: list[Record]) -> None:
-        accepted: list[tuple[Record, EventRow]] = []
-        for record in records:
-            try:
-                accepted.append((record, self._decode(record)))
-            except EventError as exc:
-                self.dead_letter(record, exc)
-        self.counters.consumed += len(records)
-        self.counters.batches += 1
-        if not accepted:
-            return
-        raw, model_input = self.features.matrix([row.values for _, row in accepted])
-        started = time.perf_counter()
-        try:
-            prediction = self.model.predict(model_input)
-        except Exception as exc:
-            log.warning("model %s failed on a batch of %d: %r", self.model.key, len(accepted), exc)
-            self._score_one_by_one(accepted, raw, model_input)
-            return
-        inference_ms = (time.perf_counter() - started) * 1000.0 / len(accepted)
-        self._emit(accepted, raw, prediction, inference_ms)
-
-    def _decode(self, record: Record) -> EventRow:
-        ctx = EventContext(record.topic() or "", record.partition() or 0, record.offset() or 0)
-        value = record.value()
-        try:
-            if not value:
-                raise ValueDecodeError("empty payload")
-            limit = self.pipeline.input.max_event_bytes
-            if len(value) > limit:
-                raise ValidationError(
-                    f"payload of {len(value)} bytes exceeds input.max_event_bytes={limit}"
-                )
-            return self.features.row(self.serdes.events.deserialize(value, self._events_ctx))
-        except EventError as exc:
-            exc.ctx = ctx
-            raise
-
-    def _score_one_by_one(
-        self, accepted: list[tuple[Record, EventRow]], raw: np.ndarray, model_input: np.ndarray
-    ) -> None:
-        """After a batch failed: find the events the model fails on; score the rest."""
-        manifest = self.model.manifest
-        for i, (record, row) in enumerate(accepted):
-            started = time.perf_counter()
-            try:
-                prediction = self.model.predict(model_input[i : i + 1])
-            except Exception as exc:
-                self.dead_letter(
-                    record,
-                    ModelError(
-                        f"{type(exc).__name__}: {exc}",
-                        model=manifest.name,
-                        version=manifest.version,
-                    ),
-                )
-                continue
-            inference_ms = (time.perf_counter() - started) * 1000.0
-            self._emit([(record, row)], raw[i : i + 1], prediction, inference_ms)
-
-    def _emit(
-        self,
-        accepted: list[tuple[Record, EventRow]],
-        raw: np.ndarray,
-        prediction: Prediction,
-        inference_ms: float,
-    ) -> None:
-        manifest = self.model.manifest
-        now_ms = int(self._clock() * 1000)
-        threshold = self.pipeline.review_threshold
-        latencies = np.empty(len(accepted), dtype=np.float64)
-        reviews = 0
-        for i, (record, row) in enumerate(accepted):
-            event_time = row.event_time_ms
-            if event_time is None:
-                event_time = record.timestamp()[1]
-            latency_ms = float(max(now_ms - event_time, 0))
-            latencies[i] = latency_ms
-            label_index = int(prediction.label_index[i])
-            score = float(prediction.score[i])
-            confidence = float(prediction.confidence[i])
-            label = self._labels[label_index] if label_index >= 0 else repr(score)
-            out = {
-                "event_id": row.event_id,
-                "key": record.key(),
-                "pipeline": self.pipeline.name,
-                "model_name": manifest.name,
-                "model_version": manifest.version,
-                "label": label,
-                "score": score,
-                "probabilities": prediction.probabilities[i].tolist(),
-                "confidence": confidence,
-                "event_time": event_time,
-                "scored_time": now_ms,
-                "latency_ms": latency_ms,
-                "inference_ms": inference_ms,
-            }
-            self.writer.produce(
-                self.pipeline.predictions_topic,
-                self.serdes.predictions.serialize(out, self._pred_ctx),
-                key=record.key(),
-            )
-            if confidence < threshold:
-                reviews += 1
-                item = {
-                    "event_id": row.event_id,
-                    "pipeline": self.pipeline.name,
-                    "model_name": manifest.name,
-                    "model_version": manifest.version,
-                    "label": label,
-                    "score": score,
-                    "confidence": confidence,
-                    "threshold": threshold,
-                    "reason": "low_confidence",
-                    "scored_time": now_ms,
-                    "event": record.value() or b"",
-                }
-                self.writer.produce(
-                    self.pipeline.review_topic,
-                    self.serdes.review.serialize(item, self._review_ctx),
-                    key=record.key(),
-                )
-        self.accumulator.layout.fold(
-            self.accumulator.window(now_ms),
-            raw,
-            latencies,
-            inference_ms,
-            prediction.label_index,
-            prediction.score,
-            prediction.confidence,
-            reviews,
-        )
-        self.counters.predictions += len(accepted)
-        self.counters.reviews += reviews
-        self.counters.last_scored_ms = now_ms
-
-    def dead_letter(self, record: Record, error: EventError) -> None:
-        self.writer.produce(
-            self.pipeline.deadletter_topic,
-            record.value() or b"",
-            key=record.key(),
-            headers=dead_letter_headers(record, error),
-        )
-        self.counters.dead_letters += 1
 
 
 class ScoringEngine:
@@ -247,7 +46,7 @@ class ScoringEngine:
     def __init__(
         self,
         pipeline: PipelineConfig,
-        model: OnnxModel,
+        runtime: Runtime,
         serdes: EngineSerdes,
         kafka_config: dict[str, Any],
         worker_id: str | None = None,
@@ -266,13 +65,10 @@ class ScoringEngine:
             }
         )
         self.writer = OutputWriter(self._producer)
-        self.accumulator = PartialAccumulator(
-            pipeline.name,
-            model.manifest,
-            int(pipeline.monitor.window_seconds * 1000),
-            self.worker_id,
-        )
-        self.scorer = BatchScorer(pipeline, model, serdes, self.writer, self.accumulator)
+        self.scorer = BatchScorer(pipeline, runtime, serdes, self.writer, self.worker_id)
+        # A loaded revision waiting for the next batch boundary; starts with the first one.
+        self._pending: Runtime | None = runtime
+        self._pending_lock = threading.Lock()
         self.policy = BatchPolicy(pipeline.batch.max_size, pipeline.batch.max_wait_ms / 1000.0)
         self._offsets: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
@@ -288,6 +84,38 @@ class ScoringEngine:
     @property
     def counters(self) -> EngineCounters:
         return self.scorer.counters
+
+    @property
+    def runtime(self) -> Runtime:
+        """The newest loaded revision: pending if one waits, else the serving one."""
+        with self._pending_lock:
+            return self._pending or self.scorer.runtime
+
+    def offer(self, runtime: Runtime) -> None:
+        """Serve ``runtime`` from the next batch on (called from the control thread)."""
+        with self._pending_lock:
+            self._pending = runtime
+
+    def _swap_if_pending(self) -> None:
+        with self._pending_lock:
+            runtime, self._pending = self._pending, None
+        if runtime is None:
+            return
+        self.scorer.swap(runtime)
+        event = model_event(
+            self.pipeline.name,
+            runtime.revision,
+            self.worker_id,
+            "applied",
+            runtime.snapshot.describe(),
+            ",".join(sorted(str(k) for k in runtime.models)),
+        )
+        self.writer.produce(
+            EVENTS_TOPIC, json.dumps(event).encode(), key=self.pipeline.name.encode()
+        )
+        log.info(
+            "%s serves revision %d: %s", self.pipeline.name, runtime.revision, event["message"]
+        )
 
     def start(self) -> None:
         if not self._thread.is_alive():
@@ -328,6 +156,7 @@ class ScoringEngine:
         next_checkpoint = time.monotonic() + interval
         try:
             while not self._stop.is_set():
+                self._swap_if_pending()
                 batch = self.policy.collect(consumer.consume)
                 # A rebalance inside collect() may have revoked partitions of records
                 # already fetched: their new owner reads them from the committed offset.
@@ -368,8 +197,13 @@ class ScoringEngine:
     def checkpoint(self) -> None:
         """Partials produced, then every output acknowledged, then offsets committed."""
         now_ms = int(time.time() * 1000)
-        for value in self.accumulator.drain(now_ms):
-            self.writer.produce(self.pipeline.monitor_topic, value, key=self.accumulator.key)
+        serving = self.scorer.runtime.models
+        for key, acc in list(self.scorer.accumulators.items()):
+            if key not in serving and not acc.windows:
+                del self.scorer.accumulators[key]  # retired by a deployment, nothing left
+                continue
+            for value in acc.drain(now_ms):
+                self.writer.produce(self.pipeline.monitor_topic, value, key=acc.key)
         self.writer.acknowledge()
         if self._offsets and self._consumer is not None:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]

@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 
+from stream.deploy.control import EVENTS_TOPIC
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
 from stream.monitor.windows import (
@@ -143,3 +144,30 @@ class MonitorAgent:
             "bad_partials": self.bad_partials,
             "write_failures": self.write_failures,
         }
+
+
+class ModelEventsAgent:
+    """Copies what workers did with deployment revisions into ClickHouse ``model_events``."""
+
+    COLUMNS = ("pipeline", "revision", "worker", "kind", "models", "message", "at")
+
+    def __init__(self, app: faust.App, sink: ClickHouseSink, writer: ThreadPoolExecutor) -> None:
+        self.sink = sink
+        self._writer = writer
+        topic = app.topic(EVENTS_TOPIC, key_serializer="raw", value_serializer="raw")
+        app.agent(topic, name="model-events")(self._consume)
+
+    async def _consume(self, stream: Any) -> None:
+        async for batch in stream.take(100, within=1.0):
+            rows = []
+            for value in batch:
+                try:
+                    event = json.loads(value)
+                    at = datetime.fromisoformat(event["at"])
+                    rows.append([*(event[c] for c in self.COLUMNS[:-1]), at])
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipping a malformed model event: %r", exc)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                self._writer, self.sink.insert, "model_events", self.COLUMNS, rows
+            )

@@ -22,14 +22,16 @@ from stream.settings import MonitorSpec
 KEEP_CLOSED = 3
 
 LATENCY_COLUMNS = [
-    "pipeline", "model", "model_version", "window_start", "window_end", "count", "reviews",
+    "pipeline", "model", "model_version", "variant", "window_start", "window_end", "count",
+    "reviews",
     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
     "inference_p50_ms", "inference_p95_ms", "inference_p99_ms",
     "bucket_bounds_ms", "latency_buckets", "inference_buckets", "labels", "label_counts",
     "score_buckets", "confidence_buckets", "revision", "written_at",
 ]  # fmt: skip
 DRIFT_COLUMNS = [
-    "pipeline", "model", "model_version", "window_start", "window_end", "feature", "kind",
+    "pipeline", "model", "model_version", "variant", "window_start", "window_end", "feature",
+    "kind",
     "count", "nulls", "null_rate", "psi", "js_distance", "ks", "mean", "std", "ref_mean",
     "ref_std", "status", "bucket_counts", "revision", "written_at",
 ]  # fmt: skip
@@ -44,6 +46,7 @@ class Partial:
     window_ms: int
     emitted_at: int
     stats: WindowStats
+    variant: str = "champion"
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Partial:
@@ -55,6 +58,7 @@ class Partial:
             window_ms=int(data["window_ms"]),
             emitted_at=int(data["emitted_at"]),
             stats=WindowStats.from_dict(data["stats"]),
+            variant=str(data.get("variant", "champion")),
         )
 
 
@@ -67,6 +71,7 @@ class ClosedWindow:
     end_ms: int
     revision: int
     stats: WindowStats
+    variant: str = "champion"
 
 
 def new_state() -> dict[str, Any]:
@@ -92,6 +97,8 @@ def merge_partial(state: dict[str, Any], partial: Partial) -> bool:
             return False
         state["open"][start] = {"stats": None, "window_ms": partial.window_ms, "revision": 0}
     entry = state["open"][start]
+    if partial.stats.count:
+        entry["variant"] = partial.variant
     if entry["stats"] is None:
         entry["stats"] = partial.stats.to_dict()
     else:
@@ -114,7 +121,7 @@ def due_windows(
             due.append(
                 ClosedWindow(
                     pipeline, model, version, int(start), end, int(entry["revision"]),
-                    WindowStats.from_dict(entry["stats"]),
+                    WindowStats.from_dict(entry["stats"]), entry.get("variant", "champion"),
                 )
             )  # fmt: skip
     return due
@@ -140,8 +147,8 @@ def _finite(value: float) -> float:
 def latency_row(window: ClosedWindow, manifest: ModelManifest, now: datetime) -> list[Any]:
     s = window.stats
     return [
-        window.pipeline, window.model, window.version, _ts(window.start_ms), _ts(window.end_ms),
-        s.count, s.reviews,
+        window.pipeline, window.model, window.version, window.variant, _ts(window.start_ms),
+        _ts(window.end_ms), s.count, s.reviews,
         latency_quantile(s.latency, 0.5), latency_quantile(s.latency, 0.95),
         latency_quantile(s.latency, 0.99),
         latency_quantile(s.inference, 0.5), latency_quantile(s.inference, 0.95),
@@ -159,10 +166,10 @@ def drift_rows(
     for d in feature_drift(manifest, window.stats, spec.min_samples, spec.psi_warn, spec.psi_alert):
         rows.append(
             [
-                window.pipeline, window.model, window.version, _ts(window.start_ms),
-                _ts(window.end_ms), d.feature, d.kind, d.count, d.nulls, d.null_rate,
-                d.psi, d.js, d.ks, _finite(d.mean), _finite(d.std), _finite(d.ref_mean),
-                _finite(d.ref_std), d.status, d.counts, window.revision, now,
+                window.pipeline, window.model, window.version, window.variant,
+                _ts(window.start_ms), _ts(window.end_ms), d.feature, d.kind, d.count, d.nulls,
+                d.null_rate, d.psi, d.js, d.ks, _finite(d.mean), _finite(d.std),
+                _finite(d.ref_mean), _finite(d.ref_std), d.status, d.counts, window.revision, now,
             ]
         )  # fmt: skip
     return rows

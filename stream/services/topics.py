@@ -40,6 +40,8 @@ def pipeline_topics(pipeline: PipelineConfig, replication: int) -> list[NewTopic
         NewTopic(pipeline.predictions_topic, p, replication),
         NewTopic(pipeline.review_topic, p, replication),
         NewTopic(pipeline.deadletter_topic, p, replication),
+        NewTopic(pipeline.shadow_topic, p, replication),
+        NewTopic(pipeline.alerts_topic, 1, replication),
         NewTopic(pipeline.monitor_topic, pipeline.monitor.partitions, replication),
     ]
 

@@ -7,16 +7,20 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from stream.deploy.state import ModelKey, initial_state
 from stream.engine.outputs import OutputWriter
-from stream.engine.scoring import EngineSerdes, ScoringEngine
+from stream.engine.runtime import build_runtime
+from stream.engine.scorer import EngineSerdes
+from stream.engine.scoring import ScoringEngine
 from stream.errors import DeliveryError
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, load_schema
 from stream.settings import PROJECT_ROOT, PipelineConfig
 from tests.unit.fakes import FakeProducer, FakeRecord
 
+V1 = ModelKey(name="payments-fraud", version="1")
 PIPELINE = PipelineConfig.model_validate(
-    {"name": "payments", "model": {"name": "payments-fraud", "version": "1"}}
+    {"name": "payments", "model": {"name": "payments-fraud", "version": "1"}, "review_threshold": 0}
 )
 
 
@@ -59,9 +63,15 @@ def engine(registry: ModelRegistry) -> ScoringEngine:
         AvroSerde(load_schema(schemas, "review.avsc")),
     )
     # The producer and consumer are replaced below; nothing connects to this address.
-    return ScoringEngine(
-        PIPELINE, registry.load("payments-fraud", "1"), serdes, {"bootstrap.servers": "127.0.0.1:9"}
-    )
+    runtime = build_runtime(PIPELINE, initial_state("payments", V1).current, registry)
+    return ScoringEngine(PIPELINE, runtime, serdes, {"bootstrap.servers": "127.0.0.1:9"})
+
+
+def valid_records(n: int, offset: int) -> list[FakeRecord]:
+    from tests.unit.test_scorer import records
+
+    recs, _ = records(n)
+    return [FakeRecord(r.value(), r.key(), _offset=offset + i) for i, r in enumerate(recs)]
 
 
 def wire(engine: ScoringEngine, producer: FakeProducer, consumer: JournalConsumer) -> None:
@@ -74,14 +84,16 @@ def wire(engine: ScoringEngine, producer: FakeProducer, consumer: JournalConsume
 def test_partials_then_acknowledgement_then_commit(engine: ScoringEngine) -> None:
     journal: list[str] = []
     wire(engine, Journal(journal), JournalConsumer(journal))
-    engine.scorer.score([FakeRecord(b"\x02\xff", b"k", _offset=7)])
-    engine._offsets[("payments.events", 0)] = 8
+    recs = [FakeRecord(b"\x02\xff", b"k", _offset=7), *valid_records(1, offset=8)]
+    engine.scorer.score(recs)
+    engine._offsets[("payments.events", 0)] = 9
     engine.checkpoint()
     assert journal == [
         "produce payments.deadletter",
+        "produce payments.predictions",
         "produce payments.monitor",
         "flush",
-        "commit 0@8",
+        "commit 0@9",
     ]
     assert engine._offsets == {}
 

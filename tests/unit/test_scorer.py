@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from stream.demo.data import events
+from stream.deploy.state import ModelKey, Router, Snapshot, Weighted, initial_state
+from stream.engine.features import FeatureBuilder
 from stream.engine.outputs import OutputWriter
-from stream.engine.partials import PartialAccumulator
-from stream.engine.scoring import BatchScorer, EngineSerdes
+from stream.engine.runtime import Runtime, ServingModel, build_runtime
+from stream.engine.scorer import BatchScorer, EngineSerdes
 from stream.errors import DeliveryError
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel, Prediction
@@ -21,6 +23,8 @@ SCHEMAS = PROJECT_ROOT / "schemas"
 PIPELINE = PipelineConfig.model_validate(
     {"name": "payments", "model": {"name": "payments-fraud", "version": "1"}}
 )
+V1 = ModelKey(name="payments-fraud", version="1")
+V2 = ModelKey(name="payments-fraud", version="2")
 
 
 def serdes() -> EngineSerdes:
@@ -32,14 +36,13 @@ def serdes() -> EngineSerdes:
 
 
 def make_scorer(
-    model: OnnxModel, pipeline: PipelineConfig = PIPELINE
-) -> tuple[BatchScorer, FakeProducer, PartialAccumulator]:
+    runtime: Runtime, pipeline: PipelineConfig = PIPELINE
+) -> tuple[BatchScorer, FakeProducer]:
     producer = FakeProducer()
-    acc = PartialAccumulator(pipeline.name, model.manifest, 60_000, "test")
     scorer = BatchScorer(
-        pipeline, model, serdes(), OutputWriter(producer), acc, clock=lambda: 100.0
+        pipeline, runtime, serdes(), OutputWriter(producer), "test", clock=lambda: 100.0
     )
-    return scorer, producer, acc
+    return scorer, producer
 
 
 def records(n: int, seed: int = 3) -> tuple[list[FakeRecord], list[dict[str, Any]]]:
@@ -53,13 +56,19 @@ def records(n: int, seed: int = 3) -> tuple[list[FakeRecord], list[dict[str, Any
     return recs, evs
 
 
+def decoded(producer: FakeProducer, topic: str) -> list[dict[str, Any]]:
+    return [
+        serdes().predictions.deserialize(p.value, SerdeContext(topic)) for p in producer.on(topic)
+    ]
+
+
 @pytest.fixture(scope="module")
-def model(registry: ModelRegistry) -> OnnxModel:
-    return registry.load("payments-fraud", "1")
+def runtime(registry: ModelRegistry) -> Runtime:
+    return build_runtime(PIPELINE, initial_state("payments", V1).current, registry)
 
 
-def test_every_record_gets_exactly_one_outcome(model: OnnxModel) -> None:
-    scorer, producer, acc = make_scorer(model)
+def test_every_record_gets_exactly_one_outcome(runtime: Runtime) -> None:
+    scorer, producer = make_scorer(runtime)
     recs, _ = records(300)
     recs[10] = FakeRecord(b"\x02\xff", b"bad-1", _offset=10)
     recs[20] = FakeRecord(b"", b"bad-2", _offset=20)
@@ -72,21 +81,22 @@ def test_every_record_gets_exactly_one_outcome(model: OnnxModel) -> None:
     keys = [p.key for p in predictions] + [d.key for d in dead]
     assert sorted(keys) == sorted(r.key() for r in recs)
     assert scorer.counters.consumed == 300
-    assert acc.window(100_000).count == 297
+    assert scorer.accumulators[V1].window(100_000).count == 297
 
 
-def test_prediction_record_contents(model: OnnxModel) -> None:
-    scorer, producer, _ = make_scorer(model)
+def test_prediction_record_contents(runtime: Runtime) -> None:
+    scorer, producer = make_scorer(runtime)
     recs, evs = records(5)
     scorer.score(recs)
-    decoded = [
-        serdes().predictions.deserialize(p.value, SerdeContext("payments.predictions"))
-        for p in producer.on("payments.predictions")
-    ]
-    assert [d["event_id"] for d in decoded] == [e["event_id"] for e in evs]
-    for d in decoded:
+    out = decoded(producer, "payments.predictions")
+    assert [d["event_id"] for d in out] == [e["event_id"] for e in evs]
+    for d in out:
         assert d["pipeline"] == "payments"
-        assert (d["model_name"], d["model_version"]) == ("payments-fraud", "1")
+        assert (d["model_name"], d["model_version"], d["variant"]) == (
+            "payments-fraud",
+            "1",
+            "champion",
+        )
         assert d["label"] in ("legit", "fraud")
         assert d["scored_time"] == 100_000
         assert d["latency_ms"] == 1_000.0
@@ -94,9 +104,8 @@ def test_prediction_record_contents(model: OnnxModel) -> None:
         assert d["confidence"] == pytest.approx(max(d["probabilities"]), abs=1e-6)
 
 
-def test_low_confidence_goes_to_review(model: OnnxModel) -> None:
-    everything = PIPELINE.with_overrides(review_threshold=1.0)
-    scorer, producer, _ = make_scorer(model, everything)
+def test_low_confidence_goes_to_review(runtime: Runtime) -> None:
+    scorer, producer = make_scorer(runtime, PIPELINE.with_overrides(review_threshold=1.0))
     recs, _ = records(20)
     scorer.score(recs)
     assert len(producer.on("payments.review")) == 20
@@ -105,14 +114,13 @@ def test_low_confidence_goes_to_review(model: OnnxModel) -> None:
     )
     assert item["reason"] == "low_confidence"
     assert item["event"] == recs[0].value()
-    nothing = PIPELINE.with_overrides(review_threshold=0.0)
-    scorer, producer, _ = make_scorer(model, nothing)
+    scorer, producer = make_scorer(runtime, PIPELINE.with_overrides(review_threshold=0.0))
     scorer.score(recs)
     assert producer.on("payments.review") == []
 
 
-def test_dead_letter_headers_say_why_and_where(model: OnnxModel) -> None:
-    scorer, producer, _ = make_scorer(model)
+def test_dead_letter_headers_say_why_and_where(runtime: Runtime) -> None:
+    scorer, producer = make_scorer(runtime)
     scorer.score([FakeRecord(b"\x02\xff", b"k", _offset=41, _partition=3, _headers=[("h", b"v")])])
     (dead,) = producer.on("payments.deadletter")
     assert dead.value == b"\x02\xff"
@@ -134,23 +142,90 @@ class PoisonedModel(OnnxModel):
         return super().predict(batch)
 
 
-def test_model_error_dead_letters_only_the_failing_events(
-    registry: ModelRegistry, model: OnnxModel
-) -> None:
-    poisoned = PoisonedModel(model.manifest, model.onnx_path)
+def poisoned_runtime(runtime: Runtime, snapshot: Snapshot) -> Runtime:
+    good = runtime.models[V1].model
+    poisoned = PoisonedModel(good.manifest, good.onnx_path)
     poisoned.load()
-    scorer, producer, _ = make_scorer(poisoned)
+    models = {
+        V1: ServingModel(V1, poisoned, FeatureBuilder(good.manifest, "event_id", "event_time"))
+    }
+    if snapshot.fallback is not None:
+        fallback = runtime.models.get(V2) or runtime.models[V1]
+        models[V2] = ServingModel(V2, fallback.model, fallback.features)
+    return Runtime(snapshot, Router(snapshot), models)
+
+
+def poison_batch(n: int) -> list[FakeRecord]:
     serde = serdes().events
-    recs, evs = records(10)
+    recs, evs = records(n)
     evs[4]["amount"] = 13.0
     recs[4] = FakeRecord(serde.serialize(evs[4], SerdeContext("t")), b"poison", _offset=4)
-    scorer.score(recs)
+    return recs
+
+
+def test_model_error_dead_letters_only_the_failing_events(runtime: Runtime) -> None:
+    snapshot = initial_state("payments", V1).current
+    scorer, producer = make_scorer(poisoned_runtime(runtime, snapshot))
+    scorer.score(poison_batch(10))
     (dead,) = producer.on("payments.deadletter")
     assert dead.key == b"poison"
     assert dead.headers["error.class"] == b"ModelError"
     assert dead.headers["model.name"] == b"payments-fraud"
     assert dead.headers["model.version"] == b"1"
     assert len(producer.on("payments.predictions")) == 9
+
+
+def test_model_error_goes_to_the_fallback(registry: ModelRegistry, runtime: Runtime) -> None:
+    snapshot = initial_state("payments", V1).current.model_copy(update={"fallback": V2})
+    full = build_runtime(PIPELINE, snapshot, registry)
+    scorer, producer = make_scorer(poisoned_runtime(full, snapshot))
+    scorer.score(poison_batch(10))
+    assert producer.on("payments.deadletter") == []
+    by_id = {d["key"]: d for d in decoded(producer, "payments.predictions")}
+    assert len(by_id) == 10
+    assert (by_id[b"poison"]["model_version"], by_id[b"poison"]["variant"]) == ("2", "fallback")
+    assert scorer.counters.fallbacks == 1
+
+
+def test_weighted_split_and_shadow(registry: ModelRegistry) -> None:
+    state = initial_state("payments", V1).deploy(V2, weight=30)
+    runtime = build_runtime(PIPELINE, state.current, registry)
+    scorer, producer = make_scorer(runtime)
+    recs, _ = records(1000)
+    scorer.score(recs)
+    versions = [d["model_version"] for d in decoded(producer, "payments.predictions")]
+    assert len(versions) == 1000
+    assert 0.25 < versions.count("2") / 1000 < 0.35
+    assert producer.on("payments.shadow") == []
+
+    shadowed = build_runtime(
+        PIPELINE, initial_state("payments", V1).deploy(V2, shadow=True).current, registry
+    )
+    scorer, producer = make_scorer(shadowed, PIPELINE.with_overrides(review_threshold=1.0))
+    scorer.score(recs[:50])
+    live = decoded(producer, "payments.predictions")
+    shadow = decoded(producer, "payments.shadow")
+    assert {d["model_version"] for d in live} == {"1"}
+    assert {(d["model_version"], d["variant"]) for d in shadow} == {("2", "shadow")}
+    assert len(live) == len(shadow) == 50
+    assert len(producer.on("payments.review")) == 50, "shadows never send events to review"
+    assert scorer.counters.shadow_predictions == 50
+    assert scorer.accumulators[V2].variant == "shadow"
+
+
+def test_rules_route_by_field_value(registry: ModelRegistry) -> None:
+    state = initial_state("payments", V1).deploy(V2, route=("country", "DE"))
+    scorer, producer = make_scorer(build_runtime(PIPELINE, state.current, registry))
+    recs, evs = records(300)
+    scorer.score(recs)
+    by_id = {d["event_id"]: d for d in decoded(producer, "payments.predictions")}
+    assert len(by_id) == 300
+    for e in evs:
+        d = by_id[e["event_id"]]
+        if e["country"] == "DE":
+            assert (d["model_version"], d["variant"]) == ("2", "rule:country=DE")
+        else:
+            assert (d["model_version"], d["variant"]) == ("1", "champion")
 
 
 def test_unacknowledged_outputs_block_the_commit() -> None:
@@ -163,14 +238,29 @@ def test_unacknowledged_outputs_block_the_commit() -> None:
     writer.acknowledge()
 
 
-def test_partials_drain_with_heartbeat(model: OnnxModel) -> None:
-    scorer, _, acc = make_scorer(model)
+def test_partials_drain_with_heartbeat(runtime: Runtime) -> None:
+    scorer, _ = make_scorer(runtime)
     recs, _ = records(50)
     scorer.score(recs)
+    acc = scorer.accumulators[V1]
     (partial,) = [json.loads(v) for v in acc.drain(100_500)]
     assert partial["stats"]["count"] == 50
     assert partial["window_start"] == 60_000
     assert partial["emitted_at"] == 100_500
+    assert partial["variant"] == "champion"
     (heartbeat,) = [json.loads(v) for v in acc.drain(130_000)]
     assert heartbeat["stats"]["count"] == 0
     assert heartbeat["window_start"] == 120_000
+
+
+def test_swap_changes_the_serving_version(registry: ModelRegistry, runtime: Runtime) -> None:
+    scorer, producer = make_scorer(runtime)
+    recs, _ = records(20)
+    scorer.score(recs[:10])
+    state = initial_state("payments", V1).deploy(V2)
+    scorer.swap(build_runtime(PIPELINE, state.current, registry, previous=runtime))
+    scorer.score(recs[10:])
+    versions = [d["model_version"] for d in decoded(producer, "payments.predictions")]
+    assert versions == ["1"] * 10 + ["2"] * 10
+    assert scorer.counters.revision == 1
+    assert Weighted(model=V2, weight=100) in state.current.serving

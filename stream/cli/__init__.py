@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from stream.cli.common import configure, console, pipeline_path
+from stream.cli.models import models
 from stream.errors import SettingsError, StreamError
-from stream.settings import PROJECT_ROOT, Settings, load_pipeline, load_settings
+from stream.settings import load_pipeline
 
 app = typer.Typer(
     help="Real-time ONNX inference on Kafka event streams, monitored in ClickHouse.",
@@ -22,18 +23,7 @@ app = typer.Typer(
 )
 db = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
-models = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(models, name="models")
-console = Console()
-
-
-def _settings() -> Settings:
-    settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return settings
 
 
 @app.command()
@@ -46,7 +36,7 @@ def demo(
     """Train (or reuse) the demo model, start Kafka and a worker, stream payments, report."""
     from stream.demo.run import DemoOptions, run_demo
 
-    settings = _settings()
+    settings = configure()
     logging.getLogger().setLevel(logging.WARNING)
     run_demo(
         settings,
@@ -66,7 +56,7 @@ def worker(
     """Run one worker process: scoring engines plus the faust monitor app."""
     from stream.worker import run_worker
 
-    run_worker(_settings(), pipeline)
+    run_worker(configure(), pipeline)
 
 
 @app.command()
@@ -86,8 +76,8 @@ def produce(
     from stream.produce import PacedProducer
     from stream.serde import AvroSerde, load_schema
 
-    settings = _settings()
-    config = load_pipeline(_pipeline_path(pipeline))
+    settings = configure()
+    config = load_pipeline(pipeline_path(pipeline))
     shifts = {}
     for item in drift or []:
         name, _, value = item.partition("=")
@@ -109,19 +99,12 @@ def produce(
         raise typer.Exit(1)
 
 
-def _pipeline_path(name_or_file: str) -> Path:
-    path = Path(name_or_file)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    return PROJECT_ROOT / "pipelines" / f"{name_or_file}.yaml"
-
-
 @db.command("migrate")
 def db_migrate() -> None:
     """Apply the SQL migrations in ops/clickhouse/ that were not applied yet."""
     from stream.sinks.clickhouse import connect, migrate
 
-    settings = _settings()
+    settings = configure()
     ch = connect(settings.dsn, settings.clickhouse_database)
     try:
         applied = migrate(ch, settings.migrations_dir)
@@ -130,49 +113,12 @@ def db_migrate() -> None:
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
-@models.command("list")
-def models_list() -> None:
-    """Show every model version in the registry with its features and training summary."""
-    from stream.models.registry import ModelRegistry
-
-    registry = ModelRegistry(_settings().registry_path)
-    table = Table("model", "version", "features", "output", "trained on")
-    names = sorted(p.name for p in registry.root.iterdir()) if registry.root.is_dir() else []
-    for name in names:
-        for version in registry.versions(name):
-            m = registry.manifest(name, version)
-            table.add_row(
-                name, version, str(len(m.features)),
-                f"{m.output.kind} {'/'.join(m.output.labels)}", str(m.training.get("rows", "?")),
-            )  # fmt: skip
-    console.print(table)
-    console.print(f"registry: {registry.root}")
-
-
-@models.command("train-demo")
-def models_train_demo(
-    name: Annotated[str, typer.Option(help="Model name.")] = "payments-fraud",
-    version: Annotated[str, typer.Option(help="Version to register.")] = "1",
-) -> None:
-    """Train the demo fraud model on synthetic payments and register it (needs the train extra)."""
-    from stream.demo.data import train_demo_model
-    from stream.models.registry import ModelRegistry
-
-    registry = ModelRegistry(_settings().registry_path)
-    if registry.exists(name, version):
-        console.print(f"{name}:{version} is already in {registry.root}")
-        return
-    onnx_bytes, manifest = train_demo_model(name, version)
-    folder = registry.register(onnx_bytes, manifest)
-    console.print(f"registered {name}:{version} in {folder}")
-
-
 @app.command()
 def query(sql: Annotated[str, typer.Argument(help="A ClickHouse SQL query.")]) -> None:
     """Print the result of a ClickHouse query as a table."""
     from stream.sinks.clickhouse import connect
 
-    settings = _settings()
+    settings = configure()
     ch = connect(settings.dsn, settings.clickhouse_database)
     try:
         result = ch.client.query(sql)
@@ -194,7 +140,7 @@ def broker() -> None:
 
     from stream.services.kafka import KafkaBroker
 
-    settings = _settings()
+    settings = configure()
     kafka = KafkaBroker(settings.home / "kafka").start()
     console.print(f"Kafka broker on {kafka.bootstrap} (pid {kafka.pid}); Ctrl-C stops it")
     console.print(f"export STREAM_KAFKA_BOOTSTRAP={kafka.bootstrap}")

@@ -1,0 +1,1 @@
+"""Deployment state: which model versions serve a pipeline, and how traffic is routed."""

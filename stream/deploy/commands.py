@@ -1,0 +1,87 @@
+"""What ``stream models deploy|undeploy|rollback|status`` do, without the printing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stream.deploy.control import (
+    EVENTS_TOPIC,
+    engine_workers,
+    ensure_control_topics,
+    publish_state,
+    read_states,
+    wait_for_acks,
+)
+from stream.deploy.state import DeploymentState, ModelKey, initial_state
+from stream.models.registry import ModelRegistry
+from stream.services.readback import end_offsets, read_to_end
+from stream.services.topics import wait_for_broker
+from stream.settings import PipelineConfig
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    before: DeploymentState
+    after: DeploymentState
+    workers: set[str]
+    answers: dict[str, dict[str, Any]]
+
+    @property
+    def complete(self) -> bool:
+        """Every engine in the group applied the new revision."""
+        return all(self.answers.get(w, {}).get("kind") == "applied" for w in self.workers)
+
+
+def current_state(kafka_config: dict[str, Any], pipeline: PipelineConfig) -> DeploymentState:
+    wait_for_broker(kafka_config)
+    ensure_control_topics(kafka_config)
+    states, _ = read_states(kafka_config)
+    state = states.get(pipeline.name)
+    if state is None:
+        model = ModelKey(name=pipeline.model.name, version=pipeline.model.version)
+        state = initial_state(pipeline.name, model)
+    return state
+
+
+def change_deployment(
+    kafka_config: dict[str, Any],
+    pipeline: PipelineConfig,
+    change: Callable[[DeploymentState], DeploymentState],
+    registry: ModelRegistry | None,
+    timeout: float = 30.0,
+) -> ChangeResult:
+    """Publish ``change(current state)`` and wait until the running engines answer.
+
+    With a registry, every model the change adds is loaded here first (checksum,
+    signature, warm-up): a model that fails is refused before any worker sees it.
+    """
+    before = current_state(kafka_config, pipeline)
+    after = change(before)
+    if registry is not None:
+        for key in sorted(after.current.models() - before.current.models(), key=str):
+            registry.load(key.name, key.version).unload()
+    workers = engine_workers(kafka_config, pipeline.name)
+    start = end_offsets(kafka_config, EVENTS_TOPIC)
+    publish_state(kafka_config, after)
+    answers = {}
+    if workers:
+        answers = wait_for_acks(
+            kafka_config, pipeline.name, after.current.revision, workers, start, timeout
+        )
+    return ChangeResult(before, after, workers, answers)
+
+
+def worker_answers(kafka_config: dict[str, Any], pipeline: str) -> dict[str, dict[str, Any]]:
+    """The latest model event of every worker that ever answered for ``pipeline``."""
+    latest: dict[str, dict[str, Any]] = {}
+    for message in read_to_end(kafka_config, [EVENTS_TOPIC])[EVENTS_TOPIC]:
+        try:
+            event = json.loads(message.value())
+        except ValueError:
+            continue
+        if event.get("pipeline") == pipeline:
+            latest[event["worker"]] = event
+    return latest

@@ -1,0 +1,295 @@
+"""BatchScorer: one batch of records → predictions, review items, shadow scores, dead letters.
+
+Every record ends as exactly one prediction or one dead letter (plus a review
+item when its confidence is low). Routing sends each event to one serving
+model version; shadows score the same events on the side. Kafka-free, so it
+is unit-tested with a fake writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream.deploy.state import ModelKey
+from stream.engine.batching import Record
+from stream.engine.features import EventRow
+from stream.engine.outputs import OutputWriter, dead_letter_headers
+from stream.engine.partials import PartialAccumulator
+from stream.engine.runtime import Runtime, ServingModel
+from stream.errors import EventContext, EventError, ModelError, ValidationError, ValueDecodeError
+from stream.models.runtime import Prediction
+from stream.serde import Serde, SerdeContext
+from stream.settings import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineCounters:
+    consumed: int = 0
+    predictions: int = 0
+    reviews: int = 0
+    dead_letters: int = 0
+    shadow_predictions: int = 0
+    fallbacks: int = 0
+    batches: int = 0
+    commits: int = 0
+    revision: int = 0
+    last_scored_ms: int = 0
+    assigned: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EngineSerdes:
+    events: Serde
+    predictions: Serde
+    review: Serde
+
+
+# (record, decoded event, variant) of one event on its way to a model.
+Routed = tuple[Record, dict[str, Any], str]
+
+
+class BatchScorer:
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        runtime: Runtime,
+        serdes: EngineSerdes,
+        writer: OutputWriter,
+        worker: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipeline = pipeline
+        self.runtime = runtime
+        self.serdes = serdes
+        self.writer = writer
+        self.worker = worker
+        self.counters = EngineCounters(revision=runtime.revision)
+        self.accumulators: dict[ModelKey, PartialAccumulator] = {}
+        self._clock = clock
+        self._window_ms = int(pipeline.monitor.window_seconds * 1000)
+        self.swap(runtime)
+        self._events_ctx = SerdeContext(pipeline.events_topic)
+        self._pred_ctx = SerdeContext(pipeline.predictions_topic)
+        self._review_ctx = SerdeContext(pipeline.review_topic)
+
+    def swap(self, runtime: Runtime) -> None:
+        """Serve the next batch with ``runtime``; open windows of every model stay as they are."""
+        self.runtime = runtime
+        self.counters.revision = runtime.revision
+        # Every model of the revision emits partials (empty ones when idle), so
+        # the monitor's windows close on time even without traffic.
+        for serving in runtime.models.values():
+            self.accumulator(serving)
+
+    def accumulator(self, serving: ServingModel) -> PartialAccumulator:
+        acc = self.accumulators.get(serving.key)
+        if acc is None:
+            acc = PartialAccumulator(
+                self.pipeline.name, serving.model.manifest, self._window_ms, self.worker
+            )
+            self.accumulators[serving.key] = acc
+        acc.variant = self.runtime.variant_of(serving.key)
+        return acc
+
+    def score(self, records: list[Record]) -> None:
+        runtime = self.runtime
+        groups: dict[ModelKey, list[Routed]] = {}
+        decoded: list[tuple[Record, dict[str, Any]]] = []
+        id_field = self.pipeline.input.event_id_field
+        for record in records:
+            try:
+                event = self._decode(record)
+            except EventError as exc:
+                self.dead_letter(record, exc)
+                continue
+            key = record.key() or str(event.get(id_field, "")).encode()
+            model, variant = runtime.router.route(key, event)
+            groups.setdefault(model, []).append((record, event, variant))
+            decoded.append((record, event))
+        self.counters.consumed += len(records)
+        self.counters.batches += 1
+        for model, routed in groups.items():
+            self._score_group(runtime, runtime.models[model], routed, shadow=False)
+        for shadow in runtime.snapshot.shadows:
+            routed = [(record, event, "shadow") for record, event in decoded]
+            self._score_group(runtime, runtime.models[shadow], routed, shadow=True)
+
+    def _decode(self, record: Record) -> dict[str, Any]:
+        value = record.value()
+        try:
+            if not value:
+                raise ValueDecodeError("empty payload")
+            limit = self.pipeline.input.max_event_bytes
+            if len(value) > limit:
+                raise ValidationError(
+                    f"payload of {len(value)} bytes exceeds input.max_event_bytes={limit}"
+                )
+            return self.serdes.events.deserialize(value, self._events_ctx)
+        except EventError as exc:
+            exc.ctx = _context(record)
+            raise
+
+    def _score_group(
+        self, runtime: Runtime, serving: ServingModel, routed: list[Routed], shadow: bool
+    ) -> None:
+        accepted: list[tuple[Routed, EventRow]] = []
+        for item in routed:
+            try:
+                accepted.append((item, serving.features.row(item[1])))
+            except ValidationError as exc:
+                if not shadow:  # a shadow skips what it cannot read; the event was scored
+                    exc.ctx = _context(item[0])
+                    self.dead_letter(item[0], exc)
+        if not accepted:
+            return
+        raw, model_input = serving.features.matrix([row.values for _, row in accepted])
+        started = time.perf_counter()
+        try:
+            prediction = serving.model.predict(model_input)
+        except Exception as exc:
+            log.warning("model %s failed on a batch of %d: %r", serving.key, len(accepted), exc)
+            self._score_one_by_one(runtime, serving, accepted, raw, model_input, shadow)
+            return
+        inference_ms = (time.perf_counter() - started) * 1000.0 / len(accepted)
+        self._emit(serving, accepted, raw, prediction, inference_ms, shadow)
+
+    def _score_one_by_one(
+        self,
+        runtime: Runtime,
+        serving: ServingModel,
+        accepted: list[tuple[Routed, EventRow]],
+        raw: np.ndarray,
+        model_input: np.ndarray,
+        shadow: bool,
+    ) -> None:
+        """After a failed batch: score one by one; failures go to the fallback or dead letter."""
+        failed: list[Routed] = []
+        errors: list[str] = []
+        for i, (item, row) in enumerate(accepted):
+            started = time.perf_counter()
+            try:
+                prediction = serving.model.predict(model_input[i : i + 1])
+            except Exception as exc:
+                failed.append(item)
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            inference_ms = (time.perf_counter() - started) * 1000.0
+            self._emit(serving, [(item, row)], raw[i : i + 1], prediction, inference_ms, shadow)
+        if shadow or not failed:
+            return
+        fallback = runtime.snapshot.fallback
+        if fallback is not None and fallback != serving.key:
+            self.counters.fallbacks += len(failed)
+            routed = [(record, event, "fallback") for record, event, _ in failed]
+            self._score_group(runtime, runtime.models[fallback], routed, shadow=False)
+            return
+        for (record, _, _), message in zip(failed, errors, strict=True):
+            error = ModelError(message, _context(record), serving.key.name, serving.key.version)
+            self.dead_letter(record, error)
+
+    def _emit(
+        self,
+        serving: ServingModel,
+        accepted: list[tuple[Routed, EventRow]],
+        raw: np.ndarray,
+        prediction: Prediction,
+        inference_ms: float,
+        shadow: bool,
+    ) -> None:
+        manifest = serving.model.manifest
+        labels = manifest.output.labels
+        now_ms = int(self._clock() * 1000)
+        threshold = self.pipeline.review_threshold
+        topic = self.pipeline.shadow_topic if shadow else self.pipeline.predictions_topic
+        latencies = np.empty(len(accepted), dtype=np.float64)
+        reviews = 0
+        for i, ((record, _, variant), row) in enumerate(accepted):
+            event_time = row.event_time_ms
+            if event_time is None:
+                event_time = record.timestamp()[1]
+            latency_ms = float(max(now_ms - event_time, 0))
+            latencies[i] = latency_ms
+            label_index = int(prediction.label_index[i])
+            score = float(prediction.score[i])
+            confidence = float(prediction.confidence[i])
+            label = labels[label_index] if label_index >= 0 else repr(score)
+            out = {
+                "event_id": row.event_id,
+                "key": record.key(),
+                "pipeline": self.pipeline.name,
+                "model_name": manifest.name,
+                "model_version": manifest.version,
+                "variant": variant,
+                "label": label,
+                "score": score,
+                "probabilities": prediction.probabilities[i].tolist(),
+                "confidence": confidence,
+                "event_time": event_time,
+                "scored_time": now_ms,
+                "latency_ms": latency_ms,
+                "inference_ms": inference_ms,
+            }
+            self.writer.produce(
+                topic, self.serdes.predictions.serialize(out, self._pred_ctx), key=record.key()
+            )
+            if not shadow and confidence < threshold:
+                reviews += 1
+                self._review(record, out, threshold)
+        acc = self.accumulator(serving)
+        acc.layout.fold(
+            acc.window(now_ms),
+            raw,
+            latencies,
+            inference_ms,
+            prediction.label_index,
+            prediction.score,
+            prediction.confidence,
+            reviews,
+        )
+        if shadow:
+            self.counters.shadow_predictions += len(accepted)
+            return
+        self.counters.predictions += len(accepted)
+        self.counters.reviews += reviews
+        self.counters.last_scored_ms = now_ms
+
+    def _review(self, record: Record, prediction: dict[str, Any], threshold: float) -> None:
+        item = {
+            "event_id": prediction["event_id"],
+            "pipeline": self.pipeline.name,
+            "model_name": prediction["model_name"],
+            "model_version": prediction["model_version"],
+            "label": prediction["label"],
+            "score": prediction["score"],
+            "confidence": prediction["confidence"],
+            "threshold": threshold,
+            "reason": "low_confidence",
+            "scored_time": prediction["scored_time"],
+            "event": record.value() or b"",
+        }
+        self.writer.produce(
+            self.pipeline.review_topic,
+            self.serdes.review.serialize(item, self._review_ctx),
+            key=record.key(),
+        )
+
+    def dead_letter(self, record: Record, error: EventError) -> None:
+        self.writer.produce(
+            self.pipeline.deadletter_topic,
+            record.value() or b"",
+            key=record.key(),
+            headers=dead_letter_headers(record, error),
+        )
+        self.counters.dead_letters += 1
+
+
+def _context(record: Record) -> EventContext:
+    return EventContext(record.topic() or "", record.partition() or 0, record.offset() or 0)
