@@ -121,7 +121,6 @@ class MonitorSpec(_Frozen):
     min_samples: int = Field(200, ge=0)
     psi_warn: float = 0.1
     psi_alert: float = 0.25
-    partitions: int = Field(1, gt=0)
 
 
 class PipelineConfig(_Frozen):

@@ -26,11 +26,13 @@ def trained_model() -> tuple[bytes, ModelManifest]:
 def registry(
     tmp_path_factory: pytest.TempPathFactory, trained_model: tuple[bytes, ModelManifest]
 ) -> ModelRegistry:
-    """Versions "1" and "2" of payments-fraud (the same ONNX file under two versions)."""
+    """payments-fraud versions "1" and "2" (the same ONNX file), and "corrupt" (a broken file)."""
     reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
     onnx_bytes, manifest = trained_model
     reg.register(onnx_bytes, manifest)
     reg.register(onnx_bytes, manifest.model_copy(update={"version": "2"}))
+    folder = reg.register(onnx_bytes, manifest.model_copy(update={"version": "corrupt"}))
+    (folder / "model.onnx").write_bytes(b"\x08\x01not really onnx")
     return reg
 
 

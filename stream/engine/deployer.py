@@ -54,7 +54,8 @@ class Deployer:
         event = model_event(pipeline.name, revision, engine.worker_id, "rejected", reason)
         alert = {**event, "kind": "model_rejected", "severity": "critical"}
         try:
-            publish(self.kafka_config, EVENTS_TOPIC, pipeline.name, event)
+            # The alert first: whoever sees the rejection can already find it.
             publish(self.kafka_config, pipeline.alerts_topic, pipeline.name, alert)
+            publish(self.kafka_config, EVENTS_TOPIC, pipeline.name, event)
         except ServiceError as exc:
             log.error("could not report the rejection: %s", exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ class PartialAccumulator:
     variant: str = "champion"
     layout: HistogramLayout = field(init=False)
     windows: dict[int, WindowStats] = field(default_factory=dict)
+    seq: int = 0
 
     def __post_init__(self) -> None:
         self.layout = HistogramLayout.of(self.manifest)
@@ -53,10 +55,12 @@ class PartialAccumulator:
         """
         if not self.windows:
             self.window(now_ms)
-        out = [
-            json.dumps(self._envelope(start, stats, now_ms), separators=(",", ":")).encode()
-            for start, stats in sorted(self.windows.items())
-        ]
+        out = []
+        for start, stats in sorted(self.windows.items()):
+            # Increasing within the process, also for an accumulator created anew.
+            self.seq = max(self.seq + 1, time.monotonic_ns())
+            envelope = self._envelope(start, stats, now_ms)
+            out.append(json.dumps(envelope, separators=(",", ":")).encode())
         self.windows = {}
         return out
 
@@ -70,5 +74,7 @@ class PartialAccumulator:
             "window_ms": self.window_ms,
             "emitted_at": now_ms,
             "worker": self.worker,
+            # (worker, seq) identifies a partial: the monitor merges each one once.
+            "seq": self.seq,
             "stats": stats.to_dict(),
         }

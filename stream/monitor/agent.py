@@ -55,21 +55,22 @@ class MonitorAgent:
         self._manifests: dict[tuple[str, str], ModelManifest] = {}
         self.windows_written = 0
         self.late_partials = 0
+        self.duplicate_partials = 0
         self.bad_partials = 0
         self.write_failures = 0
         self.closed_until: dict[str, int] = {}
         self.open_events: dict[str, int] = {}
-        partitions = pipeline.monitor.partitions
+        self._watermark = 0
         self.topic = app.topic(
             pipeline.monitor_topic,
             key_serializer="raw",
             value_serializer="raw",
-            partitions=partitions,
+            partitions=1,
         )
         self.table = app.Table(
             f"{pipeline.name}-monitor-windows",
             default=None,
-            partitions=partitions,
+            partitions=1,
         )  # keys and values are JSON (faust's table default): "pipeline|model|version" -> state
         app.agent(self.topic, name=f"{pipeline.name}-monitor")(self._consume)
 
@@ -91,17 +92,34 @@ class MonitorAgent:
             log.warning("skipping a malformed partial on %s: %r", self.pipeline.monitor_topic, exc)
             return
         state = self.table.get(key) or new_state()
-        if not merge_partial(state, partial):
+        outcome = merge_partial(state, partial)
+        if outcome == "duplicate":
+            self.duplicate_partials += 1
+            return
+        if outcome == "late":
             self.late_partials += 1
             log.warning(
                 "partial for %s:%s window %d arrived after the window was written and dropped "
                 "from state; its %d events are not in the window's row",
                 partial.model, partial.version, partial.window_start, partial.stats.count,
             )  # fmt: skip
+        self.table[key] = state
+        # All model versions of a pipeline share the engines' clock: a partial of
+        # any of them moves every version's watermark, so the windows of a version
+        # that no longer receives traffic (retired, rolled back) still close.
+        self._watermark = max(self._watermark, int(state["watermark"]))
+        for other in [key, *(k for k in self.table if k != key)]:
+            await self._close_due(other)
+
+    async def _close_due(self, key: str) -> None:
+        state = self.table.get(key)
+        if state is None:
+            return
+        state["watermark"] = max(int(state["watermark"]), self._watermark)
         grace_ms = int(self.pipeline.monitor.grace_seconds * 1000)
-        for window in due_windows(
-            state, (partial.pipeline, partial.model, partial.version), grace_ms
-        ):
+        pipeline, model, version = key.split("|", 2)
+        closed = False
+        for window in due_windows(state, (pipeline, model, version), grace_ms):
             try:
                 await self._write(window)
             except Exception as exc:
@@ -110,9 +128,11 @@ class MonitorAgent:
                 log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
                 break
             mark_closed(state, window)
+            closed = True
             self.windows_written += 1
             self.closed_until[key] = int(state["closed_until"])
-        self.table[key] = state
+        if closed:
+            self.table[key] = state
         self.open_events[key] = sum(
             int(entry["stats"]["count"]) for entry in state["open"].values() if entry["stats"]
         )
@@ -141,6 +161,7 @@ class MonitorAgent:
             "closed_until": self.closed_until,
             "open_events": self.open_events,
             "late_partials": self.late_partials,
+            "duplicate_partials": self.duplicate_partials,
             "bad_partials": self.bad_partials,
             "write_failures": self.write_failures,
         }

@@ -20,6 +20,8 @@ from stream.settings import MonitorSpec
 
 # How many closed windows a key keeps, so late partials can still be merged.
 KEEP_CLOSED = 3
+# How many engines' last sequence numbers a key remembers (engines restart with new ids).
+KEEP_SEEN = 64
 
 LATENCY_COLUMNS = [
     "pipeline", "model", "model_version", "variant", "window_start", "window_end", "count",
@@ -47,6 +49,8 @@ class Partial:
     emitted_at: int
     stats: WindowStats
     variant: str = "champion"
+    worker: str = ""
+    seq: int = 0
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Partial:
@@ -59,6 +63,8 @@ class Partial:
             emitted_at=int(data["emitted_at"]),
             stats=WindowStats.from_dict(data["stats"]),
             variant=str(data.get("variant", "champion")),
+            worker=str(data.get("worker", "")),
+            seq=int(data.get("seq", 0)),
         )
 
 
@@ -78,23 +84,33 @@ def new_state() -> dict[str, Any]:
     return {"open": {}, "closed": {}, "watermark": 0, "closed_until": 0}
 
 
-def merge_partial(state: dict[str, Any], partial: Partial) -> bool:
+def merge_partial(state: dict[str, Any], partial: Partial) -> str:
     """Add a partial to its window in ``state`` (a JSON-able dict kept in a faust table).
 
-    Returns False for a partial that came too late: its window closed longer
-    ago than the closed windows kept for re-writing. The caller logs it.
+    Returns "merged"; "duplicate" for a partial merged before (the agent may
+    read a partial again after a restart, its table state already holding it);
+    or "late" for one whose window closed longer ago than the closed windows
+    kept for re-writing. The caller logs the last.
     """
     start = str(partial.window_start)
+    seen = state.setdefault("seen", {})
+    if partial.seq and seen.get(partial.worker, 0) >= partial.seq:
+        return "duplicate"
+    if partial.seq:
+        seen.pop(partial.worker, None)
+        seen[partial.worker] = partial.seq  # re-inserted: the dict stays oldest first
+        for old in list(seen)[:-KEEP_SEEN]:
+            del seen[old]
     state["watermark"] = max(int(state["watermark"]), partial.emitted_at)
     if partial.stats.count == 0 and start not in state["open"]:
-        return True  # a heartbeat: it only moves the watermark
+        return "merged"  # a heartbeat: it only moves the watermark
     if start in state["closed"]:
         entry = state["closed"].pop(start)
         entry["revision"] += 1
         state["open"][start] = entry
     elif start not in state["open"]:
         if partial.window_start + partial.window_ms <= int(state["closed_until"]):
-            return False
+            return "late"
         state["open"][start] = {"stats": None, "window_ms": partial.window_ms, "revision": 0}
     entry = state["open"][start]
     if partial.stats.count:
@@ -105,7 +121,7 @@ def merge_partial(state: dict[str, Any], partial: Partial) -> bool:
         merged = WindowStats.from_dict(entry["stats"])
         merged.merge(partial.stats)
         entry["stats"] = merged.to_dict()
-    return True
+    return "merged"
 
 
 def due_windows(

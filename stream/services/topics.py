@@ -42,7 +42,8 @@ def pipeline_topics(pipeline: PipelineConfig, replication: int) -> list[NewTopic
         NewTopic(pipeline.deadletter_topic, p, replication),
         NewTopic(pipeline.shadow_topic, p, replication),
         NewTopic(pipeline.alerts_topic, 1, replication),
-        NewTopic(pipeline.monitor_topic, pipeline.monitor.partitions, replication),
+        # One partition: a few partials a second, and one clock for every model version.
+        NewTopic(pipeline.monitor_topic, 1, replication),
     ]
 
 

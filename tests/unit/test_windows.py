@@ -52,8 +52,8 @@ def close_due(state: dict, grace: int) -> list[int]:
 
 def test_window_closes_after_end_plus_grace(manifest: ModelManifest) -> None:
     state = new_state()
-    assert merge_partial(state, partial(manifest, 0, 500, 10))
-    assert merge_partial(state, partial(manifest, 0, 900, 5))
+    assert merge_partial(state, partial(manifest, 0, 500, 10)) == "merged"
+    assert merge_partial(state, partial(manifest, 0, 900, 5)) == "merged"
     assert close_due(state, grace=200) == []
     merge_partial(state, partial(manifest, 1000, 1199, 0))  # heartbeat, not yet past grace
     assert close_due(state, grace=200) == []
@@ -71,7 +71,7 @@ def test_late_partial_rewrites_window_with_next_revision(manifest: ModelManifest
     merge_partial(state, partial(manifest, 0, 100, 10))
     merge_partial(state, partial(manifest, 1000, 1500, 1))
     assert close_due(state, grace=100) == [0]
-    assert merge_partial(state, partial(manifest, 0, 1600, 4))  # another worker, late
+    assert merge_partial(state, partial(manifest, 0, 1600, 4)) == "merged"  # another worker
     merge_partial(state, partial(manifest, 1000, 1700, 0))
     (window,) = [w for w in due_windows(state, KEY, 100) if w.start_ms == 0]
     assert window.revision == 1
@@ -85,7 +85,7 @@ def test_too_late_partial_is_refused(manifest: ModelManifest) -> None:
         merge_partial(state, partial(manifest, (i + 1) * 1000, (i + 1) * 1000 + 100, 0))
         close_due(state, grace=50)
     assert len(state["closed"]) == KEEP_CLOSED
-    assert not merge_partial(state, partial(manifest, 0, 99_000, 3))
+    assert merge_partial(state, partial(manifest, 0, 99_000, 3)) == "late"
 
 
 def test_rows_match_columns(manifest: ModelManifest) -> None:
@@ -122,3 +122,17 @@ def test_drift_flags_only_the_shifted_feature(manifest: ModelManifest) -> None:
     status = {r[DRIFT_COLUMNS.index("feature")]: r[DRIFT_COLUMNS.index("status")] for r in rows}
     assert status.pop("merchant_risk_score") == "alert"
     assert set(status.values()) == {"ok"}
+
+
+def test_a_partial_read_again_is_merged_once(manifest: ModelManifest) -> None:
+    state = new_state()
+    first = Partial(*KEY, 0, 1000, 100, stats(manifest, 10), worker="w1", seq=5)
+    assert merge_partial(state, first) == "merged"
+    assert merge_partial(state, first) == "duplicate"
+    older = Partial(*KEY, 0, 1000, 90, stats(manifest, 3), worker="w1", seq=4)
+    assert merge_partial(state, older) == "duplicate"
+    other = Partial(*KEY, 0, 1000, 110, stats(manifest, 2), worker="w2", seq=1)
+    assert merge_partial(state, other) == "merged"
+    merge_partial(state, partial(manifest, 1000, 5000, 0))
+    (window,) = due_windows(state, KEY, 0)
+    assert window.stats.count == 12
