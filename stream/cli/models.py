@@ -217,7 +217,7 @@ def models_compare(
     table = Table("", *(f"{r.model}:{r.version}\n{r.variant}" for r in rows))
     for label, getter in (
         ("events", lambda r: f"{r.count:,}"),
-        ("positive rate", lambda r: f"{r.positive_rate:.2%}"),
+        (f"predicted {rows[0].positive_label!r}", lambda r: f"{r.positive_rate:.2%}"),
         ("mean score", lambda r: f"{r.mean_score:.3f}"),
         ("mean confidence", lambda r: f"{r.mean_confidence:.3f}"),
         ("sent to review", lambda r: f"{r.review_rate:.2%}"),

@@ -19,6 +19,7 @@ class VariantSummary:
     version: str
     variant: str
     count: int
+    positive_label: str
     positive_rate: float
     mean_score: float
     mean_confidence: float
@@ -30,7 +31,8 @@ class VariantSummary:
 
 def compare_variants(client: Any, pipeline: str, minutes: float) -> list[VariantSummary]:
     rows = client.query(
-        "SELECT model, model_version, argMax(variant, window_start), sum(count), sum(reviews), "
+        "SELECT model, model_version, argMax(variant, window_start), any(labels), "
+        "sum(count), sum(reviews), "
         "sumForEach(label_counts), sumForEach(score_buckets), sumForEach(confidence_buckets), "
         "sumForEach(latency_buckets), sumForEach(inference_buckets) "
         "FROM latency_windows FINAL WHERE pipeline = {p:String} "
@@ -39,7 +41,7 @@ def compare_variants(client: Any, pipeline: str, minutes: float) -> list[Variant
         parameters={"p": pipeline, "s": int(minutes * 60)},
     ).result_rows
     out = []
-    for model, version, variant, count, reviews, labels, scores, conf, lat, inf in rows:
+    for model, version, variant, names, count, reviews, labels, scores, conf, lat, inf in rows:
         labels_arr = np.asarray(labels, dtype=np.float64)
         scores_arr = np.asarray(scores, dtype=np.float64)
         conf_arr = np.asarray(conf, dtype=np.float64)
@@ -49,6 +51,7 @@ def compare_variants(client: Any, pipeline: str, minutes: float) -> list[Variant
                 version=version,
                 variant=variant,
                 count=int(count),
+                positive_label=names[-1] if names else "",
                 positive_rate=float(labels_arr[-1] / labels_arr.sum()) if labels_arr.sum() else 0.0,
                 mean_score=float(scores_arr @ _MIDPOINTS / max(scores_arr.sum(), 1)),
                 mean_confidence=float(conf_arr @ _MIDPOINTS / max(conf_arr.sum(), 1)),
