@@ -26,13 +26,19 @@ def trained_model() -> tuple[bytes, ModelManifest]:
 def registry(
     tmp_path_factory: pytest.TempPathFactory, trained_model: tuple[bytes, ModelManifest]
 ) -> ModelRegistry:
-    """payments-fraud versions "1" and "2" (the same ONNX file), and "corrupt" (a broken file)."""
+    """payments-fraud "1" and "2" (the same ONNX file), and two that must not load:
+    "corrupt" (bytes that do not match the checksum) and "wrong-shape" (a manifest
+    with one feature fewer than the model's input)."""
     reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
     onnx_bytes, manifest = trained_model
     reg.register(onnx_bytes, manifest)
     reg.register(onnx_bytes, manifest.model_copy(update={"version": "2"}))
     folder = reg.register(onnx_bytes, manifest.model_copy(update={"version": "corrupt"}))
     (folder / "model.onnx").write_bytes(b"\x08\x01not really onnx")
+    fewer = manifest.model_copy(
+        update={"version": "wrong-shape", "features": manifest.features[:-1]}
+    )
+    reg.register(onnx_bytes, fewer)
     return reg
 
 

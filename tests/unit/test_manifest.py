@@ -17,7 +17,7 @@ def test_registry_loads_verified_model(registry: ModelRegistry) -> None:
     assert out.probabilities.shape == (3, 2)
     assert np.allclose(out.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert ((out.confidence >= 0.5) & (out.confidence <= 1.0)).all()
-    assert registry.versions("payments-fraud") == ["1", "2", "corrupt"]
+    assert registry.versions("payments-fraud") == ["1", "2", "corrupt", "wrong-shape"]
 
 
 def test_manifest_round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
