@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from mode import Service
 
+from stream.background import BackgroundLoop
 from stream.deploy.control import ControlWatcher
 from stream.engine.scoring import ScoringEngine
 from stream.models.registry import ModelRegistry
@@ -37,7 +38,7 @@ class EngineService(Service):
         self, engines: list[ScoringEngine], watcher: ControlWatcher, **kwargs: Any
     ) -> None:
         self.engines = engines
-        self.watcher = watcher
+        self.loops: list[BackgroundLoop] = [*engines, watcher]
         super().__init__(**kwargs)
 
     async def on_stop(self) -> None:
@@ -48,19 +49,12 @@ class EngineService(Service):
     @Service.task
     async def _watch(self) -> None:
         while not self.should_stop:
-            for engine in self.engines:
-                if engine.failure is not None or not engine.alive:
-                    reason = engine.failure or RuntimeError(
-                        f"scoring engine of {engine.pipeline.name} stopped"
-                    )
-                    log.critical("scoring engine of %s is down: %r", engine.pipeline.name, reason)
+            for loop in self.loops:
+                if loop.failure is not None or not loop.alive:
+                    reason = loop.failure or RuntimeError(f"{loop.name} stopped")
+                    log.critical("%s is down: %r", loop.name, reason)
                     await self.crash(reason)
                     return
-            if self.watcher.failure is not None or not self.watcher.alive:
-                reason = self.watcher.failure or RuntimeError("control watcher stopped")
-                log.critical("control watcher is down: %r", reason)
-                await self.crash(reason)
-                return
             await self.sleep(0.5)
 
 

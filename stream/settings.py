@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.errors import SettingsError
+from stream.models.key import ModelKey
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = PROJECT_ROOT / ".stream"
@@ -99,16 +100,6 @@ class InputSpec(_Frozen):
     max_event_bytes: int = Field(64 * 1024, gt=0)
 
 
-class ModelRef(_Frozen):
-    name: str
-    version: str
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_as_text(cls, value: Any) -> str:
-        return str(value)
-
-
 class BatchSpec(_Frozen):
     max_size: int = Field(1000, gt=0)
     max_wait_ms: int = Field(100, ge=0)
@@ -127,7 +118,7 @@ class PipelineConfig(_Frozen):
     """One pipeline: ``{name}.events`` in, predictions, review items and dead letters out."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    model: ModelRef
+    model: ModelKey
     input: InputSpec = InputSpec()
     partitions: int = Field(4, gt=0)
     batch: BatchSpec = BatchSpec()

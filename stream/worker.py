@@ -10,7 +10,7 @@ import faust
 
 from stream.app import create_app, faust_datadir
 from stream.deploy.control import ControlWatcher, ensure_control_topics, read_states
-from stream.deploy.state import DeploymentState, ModelKey, initial_state
+from stream.deploy.state import DeploymentState, initial_state
 from stream.engine.deployer import Deployer
 from stream.engine.runtime import build_runtime
 from stream.engine.scorer import EngineSerdes
@@ -64,11 +64,7 @@ def _output_serde(settings: Settings, schema_file: str, topic: str, registry: An
 
 def _deployment(states: dict[str, DeploymentState], pipeline: PipelineConfig) -> DeploymentState:
     """The pipeline's state from ``stream.control``, or the pipeline file's model."""
-    state = states.get(pipeline.name)
-    if state is None:
-        model = ModelKey(name=pipeline.model.name, version=pipeline.model.version)
-        state = initial_state(pipeline.name, model)
-    return state
+    return states.get(pipeline.name) or initial_state(pipeline.name, pipeline.model)
 
 
 def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:

@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from stream.cli.common import configure, console, pipeline_path
-from stream.deploy.state import DeploymentState, ModelKey, Snapshot
+from stream.deploy.state import DeploymentState, Snapshot
 from stream.errors import ModelLoadError, SettingsError
+from stream.models.key import ModelKey
 
 models = typer.Typer(help="The model registry and deployments.", no_args_is_help=True)
 

@@ -15,7 +15,7 @@ from stream.deploy.control import (
     read_states,
     wait_for_acks,
 )
-from stream.deploy.state import DeploymentState, ModelKey, initial_state
+from stream.deploy.state import DeploymentState, initial_state
 from stream.models.registry import ModelRegistry
 from stream.services.readback import end_offsets, read_to_end
 from stream.services.topics import wait_for_broker
@@ -39,11 +39,7 @@ def current_state(kafka_config: dict[str, Any], pipeline: PipelineConfig) -> Dep
     wait_for_broker(kafka_config)
     ensure_control_topics(kafka_config)
     states, _ = read_states(kafka_config)
-    state = states.get(pipeline.name)
-    if state is None:
-        model = ModelKey(name=pipeline.model.name, version=pipeline.model.version)
-        state = initial_state(pipeline.name, model)
-    return state
+    return states.get(pipeline.name) or initial_state(pipeline.name, pipeline.model)
 
 
 def change_deployment(

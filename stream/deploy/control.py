@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream.background import BackgroundLoop
 from stream.deploy.state import DeploymentState
 from stream.errors import ServiceError
 from stream.services.readback import end_offsets, read_to_end, read_topics
@@ -138,7 +138,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class ControlWatcher:
+class ControlWatcher(BackgroundLoop):
     """Follows ``stream.control`` from an offset and hands each new state to ``on_state``.
 
     Runs on a thread of its own; ``on_state`` loads models there, off the hot path.
@@ -150,25 +150,12 @@ class ControlWatcher:
         from_offset: int,
         on_state: Callable[[DeploymentState], None],
     ) -> None:
+        super().__init__("control-watcher")
         self._kafka_config = kafka_config
         self._from = from_offset
         self._on_state = on_state
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="control-watcher", daemon=True)
-        self.failure: BaseException | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
+    def _loop(self) -> None:
         consumer = Consumer(
             {
                 **self._kafka_config,
@@ -178,15 +165,12 @@ class ControlWatcher:
         )
         try:
             consumer.assign([TopicPartition(CONTROL_TOPIC, 0, self._from)])
-            while not self._stop.is_set():
+            while not self.stopping:
                 message = consumer.poll(0.5)
                 if message is None or message.error() is not None:
                     continue
                 state = parse_state(message.value())
                 if state is not None:
                     self._on_state(state)
-        except BaseException as exc:
-            log.exception("control watcher stopped on an error")
-            self.failure = exc
         finally:
             consumer.close()

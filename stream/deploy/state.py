@@ -11,9 +11,10 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from stream.errors import SettingsError
+from stream.models.key import ModelKey
 
 HISTORY = 10
 BUCKETS = 10_000
@@ -21,26 +22,6 @@ BUCKETS = 10_000
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ModelKey(_Frozen):
-    name: str
-    version: str
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> str:
-        return str(value)
-
-    @classmethod
-    def parse(cls, text: str) -> ModelKey:
-        name, sep, version = text.partition(":")
-        if not sep or not name or not version:
-            raise SettingsError("NAME:VERSION", f"expected a model as NAME:VERSION, got {text!r}")
-        return cls(name=name, version=version)
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.version}"
 
 
 class Weighted(_Frozen):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stream.deploy.state import ModelKey, Router, Snapshot
+from stream.deploy.state import Router, Snapshot
 from stream.engine.features import FeatureBuilder
+from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel
 from stream.settings import PipelineConfig

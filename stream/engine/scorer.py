@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from stream.deploy.state import ModelKey
 from stream.engine.batching import Record
 from stream.engine.features import EventRow
 from stream.engine.outputs import OutputWriter, dead_letter_headers
 from stream.engine.partials import PartialAccumulator
 from stream.engine.runtime import Runtime, ServingModel
 from stream.errors import EventContext, EventError, ModelError, ValidationError, ValueDecodeError
+from stream.models.key import ModelKey
 from stream.models.runtime import Prediction
 from stream.serde import Serde, SerdeContext
 from stream.settings import PipelineConfig

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from stream.background import BackgroundLoop
 from stream.deploy.control import EVENTS_TOPIC, model_event
 from stream.engine.batching import BatchPolicy
 from stream.engine.outputs import OutputWriter
@@ -33,7 +34,7 @@ _REBALANCING = {
 }
 
 
-class ScoringEngine:
+class ScoringEngine(BackgroundLoop):
     """The hot path of one pipeline in one worker process, on its own thread.
 
     Checkpoint order (the one place it is written down, see ``checkpoint``):
@@ -51,6 +52,7 @@ class ScoringEngine:
         kafka_config: dict[str, Any],
         worker_id: str | None = None,
     ) -> None:
+        super().__init__(f"engine-{pipeline.name}")
         self.pipeline = pipeline
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._kafka_config = kafka_config
@@ -72,11 +74,6 @@ class ScoringEngine:
         self.policy = BatchPolicy(pipeline.batch.max_size, pipeline.batch.max_wait_ms / 1000.0)
         self._offsets: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"engine-{pipeline.name}", daemon=True
-        )
-        self.failure: BaseException | None = None
         self._broken = False
         self._owned: set[tuple[str, int]] = set()
         self.ready = threading.Event()
@@ -117,26 +114,7 @@ class ScoringEngine:
             "%s serves revision %d: %s", self.pipeline.name, runtime.revision, event["message"]
         )
 
-    def start(self) -> None:
-        if not self._thread.is_alive():
-            self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        try:
-            self._consume()
-        except BaseException as exc:
-            log.exception("scoring engine of %s stopped on an error", self.pipeline.name)
-            self.failure = exc
-
-    def _consume(self) -> None:
+    def _loop(self) -> None:
         consumer = Consumer(
             {
                 **self._kafka_config,
@@ -155,7 +133,7 @@ class ScoringEngine:
         interval = self.pipeline.monitor.flush_interval_seconds
         next_checkpoint = time.monotonic() + interval
         try:
-            while not self._stop.is_set():
+            while not self.stopping:
                 self._swap_if_pending()
                 batch = self.policy.collect(consumer.consume)
                 # A rebalance inside collect() may have revoked partitions of records

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from stream.deploy.commands import change_deployment, current_state
-from stream.deploy.state import ModelKey
+from stream.models.key import ModelKey
 from stream.serde import AvroSerde, SerdeContext, load_schema
 from stream.services.readback import read_to_end
 from stream.settings import PROJECT_ROOT, PipelineConfig

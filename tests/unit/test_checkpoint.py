@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from stream.deploy.state import ModelKey, initial_state
+from stream.deploy.state import initial_state
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import build_runtime
 from stream.engine.scorer import EngineSerdes
 from stream.engine.scoring import ScoringEngine
 from stream.errors import DeliveryError
+from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, load_schema
 from stream.settings import PROJECT_ROOT, PipelineConfig

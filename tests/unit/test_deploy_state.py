@@ -4,12 +4,12 @@ import pytest
 
 from stream.deploy.state import (
     DeploymentState,
-    ModelKey,
     Router,
     Weighted,
     initial_state,
 )
 from stream.errors import SettingsError
+from stream.models.key import ModelKey
 
 V1 = ModelKey(name="m", version="1")
 V2 = ModelKey(name="m", version="2")

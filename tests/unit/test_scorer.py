@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from stream.demo.data import events
-from stream.deploy.state import ModelKey, Router, Snapshot, Weighted, initial_state
+from stream.deploy.state import Router, Snapshot, Weighted, initial_state
 from stream.engine.features import FeatureBuilder
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import Runtime, ServingModel, build_runtime
 from stream.engine.scorer import BatchScorer, EngineSerdes
 from stream.errors import DeliveryError
+from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel, Prediction
 from stream.serde import AvroSerde, SerdeContext, load_schema
