@@ -120,16 +120,20 @@ def wait_for_acks(
 ) -> dict[str, dict[str, Any]]:
     """Model events of ``revision`` from each of ``workers`` (those that answered in time)."""
     answers: dict[str, dict[str, Any]] = {}
+    read = 0
 
     def done(out: dict[str, list[Any]]) -> bool:
-        for message in out[EVENTS_TOPIC][len(answers_seen) :]:
-            answers_seen.append(message)
-            event = json.loads(message.value())
-            if event["pipeline"] == pipeline and event["revision"] == revision:
+        nonlocal read
+        for message in out[EVENTS_TOPIC][read:]:
+            try:
+                event = json.loads(message.value())
+            except ValueError:
+                continue
+            if event.get("pipeline") == pipeline and event.get("revision") == revision:
                 answers[event["worker"]] = event
+        read = len(out[EVENTS_TOPIC])
         return workers <= set(answers)
 
-    answers_seen: list[Any] = []
     read_topics(kafka_config, {EVENTS_TOPIC: start}, done, timeout)
     return answers
 
