@@ -12,6 +12,8 @@ from stream.errors import ValidationError
 from stream.models.manifest import ModelManifest
 
 MAX_EVENT_ID_LENGTH = 256
+# Models take float32 input: a larger number would reach the model as infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MISSING = object()
 
 
@@ -86,6 +88,8 @@ class FeatureBuilder:
                     raise ValidationError(f"{name}: number out of range") from None
                 if not math.isfinite(number):
                     raise ValidationError(f"{name}: not a finite number ({value!r})")
+                if abs(number) > FLOAT32_MAX:
+                    raise ValidationError(f"{name}: {value!r} is beyond the model's float32 range")
                 values.append(number)
         return EventRow(event_id, event_time, values)
 

@@ -63,6 +63,8 @@ def test_missing_event_time_is_allowed(builder: FeatureBuilder) -> None:
         ({"amount": float("inf")}, "amount: not a finite number"),
         ({"amount": -float("inf")}, "amount: not a finite number"),
         ({"amount": 10**400}, "amount: number out of range"),
+        ({"amount": 1e39}, "amount: 1e.39 is beyond the model.s float32 range"),
+        ({"amount": -(2**200)}, "amount: .* is beyond the model's float32 range"),
         ({"channel": "fax"}, "channel: unknown category 'fax'"),
         ({"channel": 1}, "channel: unknown category 1"),
         ({"event_id": ""}, "event_id: missing"),
