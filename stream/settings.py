@@ -124,7 +124,7 @@ class PipelineConfig(_Frozen):
     batch: BatchSpec = BatchSpec()
     review_threshold: float = Field(0.7, ge=0, le=1)
     monitor: MonitorSpec = MonitorSpec()
-    processing_guarantee: Literal["at_least_once"] = "at_least_once"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
     @property
     def events_topic(self) -> str:

@@ -14,7 +14,14 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from stream.background import BackgroundLoop
 from stream.deploy.control import EVENTS_TOPIC, model_event
@@ -38,10 +45,17 @@ class ScoringEngine(BackgroundLoop):
     """The hot path of one pipeline in one worker process, on its own thread.
 
     Checkpoint order (the one place it is written down, see ``checkpoint``):
-    partial aggregates produced → producer flushed, every output acknowledged →
-    consumed offsets committed. A crash anywhere before the commit replays the
-    events since the last checkpoint (at-least-once, duplicates bounded by one
-    checkpoint interval).
+
+    - at-least-once: partial aggregates produced → producer flushed, every
+      output acknowledged → consumed offsets committed. A crash anywhere before
+      the commit replays the events since the last checkpoint (duplicates
+      bounded by one checkpoint interval).
+    - exactly-once: outputs and consumed offsets are committed together in one
+      Kafka transaction → then the partial aggregates are produced (outside it,
+      so the monitor never reads aborted data). A crash before the commit
+      aborts the transaction and the events are scored again, invisibly to
+      ``read_committed`` consumers; a crash between the two loses at most one
+      interval of aggregates, never a prediction.
     """
 
     def __init__(
@@ -56,17 +70,27 @@ class ScoringEngine(BackgroundLoop):
         self.pipeline = pipeline
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._kafka_config = kafka_config
-        self._producer = Producer(
-            {
-                **kafka_config,
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "enable.idempotence": True,
-                "queue.buffering.max.messages": 500_000,
-                "client.id": f"{self.worker_id}-engine",
-            }
-        )
+        self.transactional = pipeline.processing_guarantee == "exactly_once"
+        producer_config = {
+            **kafka_config,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            "queue.buffering.max.messages": 500_000,
+            "client.id": f"{self.worker_id}-engine",
+        }
+        if self.transactional:
+            producer_config["transactional.id"] = f"{pipeline.engine_group}-{self.worker_id}"
+            # A crashed worker's open transaction blocks read_committed consumers of the
+            # outputs until the broker aborts it: keep that short (checkpoints are ~1 s).
+            producer_config["transaction.timeout.ms"] = 10_000
+            self._partials = OutputWriter(
+                Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 5})
+            )
+        self._producer = Producer(producer_config)
         self.writer = OutputWriter(self._producer)
+        if not self.transactional:
+            self._partials = self.writer
         self.scorer = BatchScorer(pipeline, runtime, serdes, self.writer, self.worker_id)
         # A loaded revision waiting for the next batch boundary; starts with the first one.
         self._pending: Runtime | None = runtime
@@ -132,6 +156,9 @@ class ScoringEngine(BackgroundLoop):
         )
         interval = self.pipeline.monitor.flush_interval_seconds
         next_checkpoint = time.monotonic() + interval
+        if self.transactional:
+            self._producer.init_transactions(30)
+            self._producer.begin_transaction()
         try:
             while not self.stopping:
                 self._swap_if_pending()
@@ -151,12 +178,14 @@ class ScoringEngine(BackgroundLoop):
                 if time.monotonic() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.monotonic() + interval
-            self.checkpoint()
+            self.checkpoint(last=True)
         except BaseException:
             # Outputs of the uncommitted events may be lost: never commit them,
             # not even from the revoke that closing the consumer triggers.
             self._broken = True
             self._offsets.clear()
+            if self.transactional:
+                self._abort()
             raise
         finally:
             consumer.close()
@@ -172,16 +201,14 @@ class ScoringEngine(BackgroundLoop):
         log.warning("consumer error: %s", err)
         return False
 
-    def checkpoint(self) -> None:
-        """Partials produced, then every output acknowledged, then offsets committed."""
-        now_ms = int(time.time() * 1000)
-        serving = self.scorer.runtime.models
-        for key, acc in list(self.scorer.accumulators.items()):
-            if key not in serving and not acc.windows:
-                del self.scorer.accumulators[key]  # retired by a deployment, nothing left
-                continue
-            for value in acc.drain(now_ms):
-                self.writer.produce(self.pipeline.monitor_topic, value, key=acc.key)
+    def checkpoint(self, last: bool = False) -> None:
+        """Commit what was scored since the last checkpoint, in the order the class doc gives."""
+        if self.transactional:
+            self._commit_transaction(begin_next=not last)
+            self._produce_partials()
+            self._partials.acknowledge()
+            return
+        self._produce_partials()
         self.writer.acknowledge()
         if self._offsets and self._consumer is not None:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
@@ -196,6 +223,65 @@ class ScoringEngine(BackgroundLoop):
                 return
             self._offsets.clear()
             self.counters.commits += 1
+
+    def _produce_partials(self) -> None:
+        now_ms = int(time.time() * 1000)
+        serving = self.scorer.runtime.models
+        for key, acc in list(self.scorer.accumulators.items()):
+            if key not in serving and not acc.windows:
+                del self.scorer.accumulators[key]  # retired by a deployment, nothing left
+                continue
+            for value in acc.drain(now_ms):
+                self._partials.produce(self.pipeline.monitor_topic, value, key=acc.key)
+
+    def _commit_transaction(self, begin_next: bool) -> None:
+        """Outputs and consumed offsets become visible together, or not at all."""
+        self.writer.acknowledge()
+        if self._offsets and self._consumer is not None:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+            try:
+                self._producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), 30
+                )
+            except KafkaException as exc:
+                if exc.args[0].code() not in _REBALANCING:
+                    raise
+                log.warning("transaction aborted, group is rebalancing: %s", exc.args[0].str())
+                self._abort()
+                self._rewind()
+                if begin_next:
+                    self._producer.begin_transaction()
+                return
+        self._producer.commit_transaction(30)
+        if self._offsets:
+            self._offsets.clear()
+            self.counters.commits += 1
+        if begin_next:
+            self._producer.begin_transaction()
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction(10)
+        except KafkaException as exc:
+            log.error("could not abort the transaction: %s", exc)
+
+    def _rewind(self) -> None:
+        """After an abort: score the aborted events again, and forget their aggregates."""
+        if self._consumer is not None and self._offsets:
+            committed = self._consumer.committed(
+                [TopicPartition(t, p) for (t, p) in self._offsets], timeout=10
+            )
+            for tp in committed:
+                if (tp.topic, tp.partition) not in self._owned:
+                    continue
+                tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                try:
+                    self._consumer.seek(tp)
+                except KafkaException as exc:  # being revoked: its next owner starts there
+                    log.info("not rewinding %s[%d]: %s", tp.topic, tp.partition, exc)
+        self._offsets.clear()
+        for acc in self.scorer.accumulators.values():
+            acc.windows = {}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._owned = {(p.topic, p.partition) for p in partitions}

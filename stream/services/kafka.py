@@ -127,6 +127,9 @@ class KafkaBroker:
                 "transaction.state.log.replication.factor=1",
                 "transaction.state.log.min.isr=1",
                 "transaction.state.log.num.partitions=4",
+                # Abort a crashed producer's expired transaction within seconds, so
+                # read_committed consumers are not held back long.
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms=2000",
                 "group.initial.rebalance.delay.ms=0",
                 "share.coordinator.state.topic.replication.factor=1",
                 "share.coordinator.state.topic.min.isr=1",

@@ -80,15 +80,30 @@ def read_topics(
 def read_to_end(
     kafka_config: dict[str, Any], topics: list[str], timeout: float = 60.0
 ) -> dict[str, list[Any]]:
-    """Everything in ``topics`` up to their end offsets at the time of the call."""
+    """Everything committed in ``topics`` up to their end offsets at the time of the call.
+
+    Done when the consumer's position reaches each end offset: with
+    read_committed, aborted records and transaction markers are skipped, not
+    read, so the last record read can lie before the end.
+    """
     ends = {t: end_offsets(kafka_config, t) for t in topics}
-    want = {(t, p): end for t, parts in ends.items() for p, end in parts.items() if end > 0}
-
-    def done(out: dict[str, list[Any]]) -> bool:
-        last: dict[tuple[str, int], int] = {}
-        for t, messages in out.items():
-            for m in messages:
-                last[(t, m.partition())] = m.offset()
-        return all(last.get(tp, -1) >= end - 1 for tp, end in want.items())
-
-    return read_topics(kafka_config, {t: None for t in topics}, done, timeout)
+    consumer = _consumer(kafka_config)
+    out: dict[str, list[Any]] = {topic: [] for topic in topics}
+    try:
+        assignment = [
+            TopicPartition(t, p, OFFSET_BEGINNING) for t, parts in ends.items() for p in parts
+        ]
+        consumer.assign(assignment)
+        want = {(t, p): end for t, parts in ends.items() for p, end in parts.items() if end > 0}
+        deadline = time.monotonic() + timeout
+        while want and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is None:
+                    out[str(message.topic())].append(message)
+            positions = consumer.position([TopicPartition(t, p) for t, p in want])
+            for tp in positions:
+                if tp.offset >= want[(tp.topic, tp.partition)]:
+                    del want[(tp.topic, tp.partition)]
+        return out
+    finally:
+        consumer.close()

@@ -102,8 +102,9 @@ def _all_keys(
     return {m.key() for m in out[pipeline.events_topic]}
 
 
-def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness) -> None:
-    pipeline, path = harness.pipeline(partitions=4)
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness, guarantee: str) -> None:
+    pipeline, path = harness.pipeline(partitions=4, processing_guarantee=guarantee)
     first = harness.worker(path)
     first.wait_ready()
     producer = harness.producer(pipeline)
@@ -131,12 +132,16 @@ def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness) -> Non
     )
     duplicates = len(scored) - len(set(scored))
     print(
-        f"\nkill -9 mid-stream: 6000 events, none lost, {duplicates} scored twice "
-        f"(at-least-once; {engine(status, pipeline.name)['commits']} checkpoints before the kill)"
+        f"\nkill -9 mid-stream ({guarantee}): 6000 events, none lost, {duplicates} scored "
+        f"twice as read_committed consumers see it "
+        f"({engine(status, pipeline.name)['commits']} checkpoints before the kill)"
     )
     assert set(scored) == keys
-    # Replays reach back at most to the last checkpoint: about one flush interval of traffic.
-    assert duplicates <= 2 * 1500 * pipeline.monitor.flush_interval_seconds
+    if guarantee == "exactly_once":
+        assert duplicates == 0
+    else:
+        # Replays reach back at most to the last checkpoint: about one interval of traffic.
+        assert duplicates <= 2 * 1500 * pipeline.monitor.flush_interval_seconds
     assert second.stop() == 0
 
 

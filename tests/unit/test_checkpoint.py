@@ -65,7 +65,9 @@ def engine(registry: ModelRegistry) -> ScoringEngine:
     )
     # The producer and consumer are replaced below; nothing connects to this address.
     runtime = build_runtime(PIPELINE, initial_state("payments", V1).current, registry)
-    return ScoringEngine(PIPELINE, runtime, serdes, {"bootstrap.servers": "127.0.0.1:9"})
+    return ScoringEngine(
+        PIPELINE, runtime, serdes, {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
+    )
 
 
 def valid_records(n: int, offset: int) -> list[FakeRecord]:
@@ -78,6 +80,7 @@ def valid_records(n: int, offset: int) -> list[FakeRecord]:
 def wire(engine: ScoringEngine, producer: FakeProducer, consumer: JournalConsumer) -> None:
     engine.writer = OutputWriter(producer)
     engine.scorer.writer = engine.writer
+    engine._partials = engine.writer
     engine._consumer = consumer  # type: ignore[assignment]
     engine._owned = {("payments.events", 0)}
 
@@ -138,3 +141,62 @@ def test_revoke_checkpoints_then_forgets_the_partitions(engine: ScoringEngine) -
     engine._on_revoke(consumer, [TopicPartition("payments.events", 0)])  # type: ignore[arg-type]
     assert journal[-1] == "commit 0@8"
     assert engine._owned == set()
+
+
+class TransactionalJournal(Journal):
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], meta: Any, t: float
+    ) -> None:
+        self.journal.append(
+            "send offsets " + ",".join(f"{o.partition}@{o.offset}" for o in offsets)
+        )
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.journal.append("commit transaction")
+
+    def begin_transaction(self) -> None:
+        self.journal.append("begin transaction")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.journal.append("abort transaction")
+
+
+class GroupConsumer(JournalConsumer):
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def test_exactly_once_commits_outputs_and_offsets_together_then_partials(
+    registry: ModelRegistry,
+) -> None:
+    eos = PIPELINE.with_overrides(processing_guarantee="exactly_once")
+    schemas = PROJECT_ROOT / "schemas"
+    serdes = EngineSerdes(
+        AvroSerde(load_schema(schemas, "payments_event.avsc")),
+        AvroSerde(load_schema(schemas, "prediction.avsc")),
+        AvroSerde(load_schema(schemas, "review.avsc")),
+    )
+    runtime = build_runtime(eos, initial_state("payments", V1).current, registry)
+    engine = ScoringEngine(
+        eos, runtime, serdes, {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
+    )
+    journal: list[str] = []
+    producer = TransactionalJournal(journal)
+    wire(engine, producer, GroupConsumer(journal))
+    engine._producer = producer  # type: ignore[assignment]
+    engine._partials = OutputWriter(Journal(journal))
+    engine.scorer.score(valid_records(1, offset=4))
+    engine._offsets[("payments.events", 0)] = 5
+    engine.checkpoint()
+    assert journal == [
+        "produce payments.predictions",
+        "flush",
+        "send offsets 0@5",
+        "commit transaction",
+        "begin transaction",
+        "produce payments.monitor",
+        "flush",
+    ]
+    journal.clear()
+    engine.checkpoint(last=True)
+    assert "begin transaction" not in journal
