@@ -215,11 +215,13 @@ class ScoringEngine(BackgroundLoop):
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
-                if exc.args[0].code() not in _REBALANCING:
+                err = exc.args[0]
+                if err.code() not in _REBALANCING and not err.retriable():
                     raise
-                # The group is rebalancing: keep the offsets for the next checkpoint
-                # (or the revoke). Events the next owner re-reads are scored again.
-                log.warning("commit deferred, group is rebalancing: %s", exc.args[0].str())
+                # A rebalance, or the coordinator is away (broker restart): keep the
+                # offsets for the next checkpoint (or the revoke). Events a next owner
+                # re-reads are scored again.
+                log.warning("commit deferred: %s", err.str())
                 return
             self._offsets.clear()
             self.counters.commits += 1
@@ -252,12 +254,23 @@ class ScoringEngine(BackgroundLoop):
                 if begin_next:
                     self._producer.begin_transaction()
                 return
-        self._producer.commit_transaction(30)
+        self._commit_with_retries()
         if self._offsets:
             self._offsets.clear()
             self.counters.commits += 1
         if begin_next:
             self._producer.begin_transaction()
+
+    def _commit_with_retries(self, attempts: int = 10) -> None:
+        for attempt in range(attempts):
+            try:
+                self._producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or attempt == attempts - 1:
+                    raise
+                log.warning("retrying the transaction commit: %s", err.str())
 
     def _abort(self) -> None:
         try:

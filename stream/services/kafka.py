@@ -137,27 +137,30 @@ class KafkaBroker:
             ]
         )
 
-    def start(self, timeout: float = 90.0) -> KafkaBroker:
+    def start(self, timeout: float = 90.0, fresh: bool = True) -> KafkaBroker:
+        """Format new storage and start (``fresh``), or start again on the data there is."""
         java = shutil.which("java")
         if java is None:
             raise ServiceError("Java 17+ is needed to run the Kafka broker; install a JDK")
         jars = ensure_jars(self.jars_dir)
         classpath = f"{jars}/*"
         logs = self.data_dir / "kraft"
-        shutil.rmtree(logs, ignore_errors=True)
+        if fresh:
+            shutil.rmtree(logs, ignore_errors=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
         props.write_text(self._properties(logs))
         jvm = [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
                f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={self.data_dir}",
                "-cp", classpath]  # fmt: skip
-        cluster_id = uuid.uuid4().hex[:22]
-        fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if fmt.returncode != 0:
-            raise ServiceError(f"formatting Kafka storage failed: {fmt.stderr.strip()[-500:]}")
+        if not (logs / "meta.properties").is_file():
+            cluster_id = uuid.uuid4().hex[:22]
+            fmt = subprocess.run(
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise ServiceError(f"formatting Kafka storage failed: {fmt.stderr.strip()[-500:]}")
         log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [*jvm, "kafka.Kafka", str(props)],
