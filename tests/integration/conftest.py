@@ -80,7 +80,8 @@ class PipelineHarness:
         serde = AvroSerde(load_schema(Settings().schemas_dir, pipeline.input.schema_file))
         return PacedProducer(self.kafka_config, pipeline.events_topic, serde)
 
-    def worker(self, path: Path) -> WorkerProcess:
+    def worker(self, path: Path, **overrides: str) -> WorkerProcess:
+        """A `stream worker` child process; ``overrides`` are STREAM_* variables."""
         env = {
             "STREAM_KAFKA_BOOTSTRAP": self.bootstrap,
             "STREAM_CLICKHOUSE_DSN": self.dsn,
@@ -88,6 +89,7 @@ class PipelineHarness:
             "STREAM_HOME": str(self.tmp / "home"),
             "STREAM_APP_ID": f"stream-test-{path.stem}",
             "STREAM_LOG_LEVEL": "INFO",
+            **overrides,
         }
         worker = WorkerProcess(path, env, self.tmp / f"{path.stem}-{len(self.workers)}.log")
         self.workers.append(worker)

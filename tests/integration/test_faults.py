@@ -9,13 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
+from stream.deploy.commands import change_deployment
+from stream.deploy.control import CONTROL_TOPIC
+from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.services.kafka import KafkaBroker
 from stream.services.readback import read_to_end
 from tests.integration.conftest import PipelineHarness, engine
 
 pytestmark = pytest.mark.integration
+
+V2 = ModelKey(name="payments-fraud", version="2")
 
 
 @pytest.fixture
@@ -71,3 +77,66 @@ def test_broker_restart_while_producing_and_consuming(
         assert worker.stop() == 0
     finally:
         harness.stop_all()
+
+
+def test_two_workers_one_killed_the_survivor_takes_over(
+    harness: PipelineHarness, tmp_path: Path
+) -> None:
+    """Each worker owns an embedded ClickHouse folder of its own (one process per folder)."""
+    pipeline, path = harness.pipeline(partitions=4)
+    first = harness.worker(path)
+    survivor = harness.worker(path, STREAM_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'ch-survivor'}")
+    first.wait_ready()
+    survivor.wait_ready()
+
+    def owns(status: dict[str, Any]) -> int:
+        return len(engine(status, pipeline.name)["assigned"])
+
+    first.wait_until(lambda s: owns(s) == 2, 60, "a share of the partitions")
+    reports: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: reports.append(harness.producer(pipeline).run(5000, rate=1000, seed=41))
+    )
+    thread.start()
+    try:
+        first.wait_until(lambda s: engine(s, pipeline.name)["predictions"] >= 1000, 60, "traffic")
+        first.kill()
+        killed = time.monotonic()
+        survivor.wait_until(lambda s: owns(s) == 4, 60, "all partitions")
+        took_over = time.monotonic() - killed
+    finally:
+        thread.join()
+    events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
+    keys = {m.key() for m in events}
+    out = harness.outcomes(pipeline, keys)
+    scored = [m.key() for t in out.values() for m in t]
+    print(
+        f"\ntwo workers, one killed: survivor owned all partitions after {took_over:.1f}s "
+        f"(session timeout 10 s); 5000 events, none lost, {len(scored) - len(set(scored))} "
+        "scored twice"
+    )
+    assert set(scored) == keys and len(keys) == 5000
+    assert took_over < 30
+    assert survivor.stop() == 0
+
+
+def test_malformed_control_record_is_refused_and_the_worker_keeps_serving(
+    harness: PipelineHarness,
+) -> None:
+    pipeline, path = harness.pipeline()
+    worker = harness.worker(path)
+    worker.wait_ready()
+    producer = Producer(harness.kafka_config)
+    for garbage in (b"not json", b'{"pipeline": "%s", "current": 7}' % pipeline.name.encode()):
+        producer.produce(CONTROL_TOPIC, key=pipeline.name.encode(), value=garbage)
+    producer.flush(10)
+    result = change_deployment(
+        harness.kafka_config, pipeline, lambda s: s.deploy(V2), harness.registry
+    )
+    assert result.complete, "a valid change after the malformed ones still applies"
+    assert result.after.current.revision == 1
+    status = worker.status()
+    assert status is not None and engine(status, pipeline.name)["revision"] == 1
+    assert worker.stop() == 0
+    log = worker.log_path.read_text()
+    assert log.count(f"ignoring an unreadable record on {CONTROL_TOPIC}") == 2
