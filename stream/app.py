@@ -121,7 +121,18 @@ def create_app(
 
     @app.page("/stream/health/")
     async def health(web: Any, request: Any) -> Any:
+        """Liveness: every engine thread runs."""
         healthy = all(e.alive and e.failure is None for e in engines)
         return web.json({"healthy": healthy}, status=200 if healthy else 503)
+
+    @app.page("/stream/ready/")
+    async def ready(web: Any, request: Any) -> Any:
+        """Readiness: every engine has its partitions; with the lag of each one."""
+        is_ready = all(e.alive and e.ready.is_set() for e in engines)
+        body = {
+            "ready": is_ready,
+            "lag": {e.pipeline.name: e.counters.lag for e in engines},
+        }
+        return web.json(body, status=200 if is_ready else 503)
 
     return app

@@ -43,6 +43,7 @@ class EngineCounters:
     revision: int = 0
     last_scored_ms: int = 0
     assigned: list[str] = field(default_factory=list)
+    lag: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

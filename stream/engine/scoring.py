@@ -177,6 +177,7 @@ class ScoringEngine(BackgroundLoop):
                 self.writer.poll()
                 if time.monotonic() >= next_checkpoint:
                     self.checkpoint()
+                    self._measure_lag()
                     next_checkpoint = time.monotonic() + interval
             self.checkpoint(last=True)
         except BaseException:
@@ -225,6 +226,17 @@ class ScoringEngine(BackgroundLoop):
                 return
             self._offsets.clear()
             self.counters.commits += 1
+
+    def _measure_lag(self) -> None:
+        """Records behind the end of each owned partition (from cached watermarks: no request)."""
+        if self._consumer is None:
+            return
+        lag = {}
+        for tp in self._consumer.position([TopicPartition(t, p) for t, p in self._owned]):
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                lag[f"{tp.topic}[{tp.partition}]"] = max(high - tp.offset, 0)
+        self.counters.lag = lag
 
     def _produce_partials(self) -> None:
         now_ms = int(time.time() * 1000)

@@ -51,10 +51,16 @@ class WorkerProcess:
             return ""
 
     def status(self) -> dict[str, Any] | None:
-        url = f"http://127.0.0.1:{self.web_port}/stream/status/"
+        return self.page("/stream/status/")
+
+    def page(self, path: str) -> dict[str, Any] | None:
+        """A JSON page of the worker's web server (503 ones too); None if nothing answers."""
+        url = f"http://127.0.0.1:{self.web_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            return dict(json.loads(exc.read()))
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
             return None
 

@@ -48,6 +48,12 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         )
     status = worker.status()
     assert status is not None
+    assert worker.page("/stream/health/") == {"healthy": True}
+    ready = worker.page("/stream/ready/")
+    assert ready is not None and ready["ready"] is True
+    lag = ready["lag"][pipeline.name]
+    assert set(lag) == {f"{pipeline.events_topic}[0]", f"{pipeline.events_topic}[1]"}
+    assert sum(lag.values()) == 0, "caught up"
     assert worker.stop() == 0
 
     predictions = outcomes[pipeline.predictions_topic]
