@@ -6,7 +6,9 @@ process reads ClickHouse only while no worker holds the embedded data folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import yaml
 
 from stream.models.registry import ModelRegistry
-from stream.produce import PacedProducer
+from stream.produce import PacedProducer, ProduceReport
 from stream.serde import AvroSerde, load_schema
 from stream.services.kafka import KafkaBroker
 from stream.services.readback import end_offsets, read_to_end, read_topics
@@ -79,6 +81,22 @@ class PipelineHarness:
         """Synthetic payments (Avro) for the pipeline's events topic."""
         serde = AvroSerde(load_schema(Settings().schemas_dir, pipeline.input.schema_file))
         return PacedProducer(self.kafka_config, pipeline.events_topic, serde)
+
+    @contextlib.contextmanager
+    def traffic(
+        self, pipeline: PipelineConfig, count: int, rate: float, seed: int
+    ) -> Iterator[list[ProduceReport]]:
+        """Produce on a thread while the body runs; the report is in the list afterwards."""
+        reports: list[ProduceReport] = []
+        producer = self.producer(pipeline)
+        thread = threading.Thread(
+            target=lambda: reports.append(producer.run(count, rate=rate, seed=seed))
+        )
+        thread.start()
+        try:
+            yield reports
+        finally:
+            thread.join()
 
     def worker(self, path: Path, **overrides: str) -> WorkerProcess:
         """A `stream worker` child process; ``overrides`` are STREAM_* variables."""

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections import defaultdict
 from typing import Any
 
@@ -60,20 +59,13 @@ def test_hot_swap_under_load(harness: PipelineHarness) -> None:
     worker = harness.worker(path)
     worker.wait_ready()
     pid = worker.pid
-    reports: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: reports.append(harness.producer(pipeline).run(6000, rate=1500, seed=21))
-    )
-    thread.start()
-    try:
+    with harness.traffic(pipeline, 6000, rate=1500, seed=21):
         worker.wait_until(
             lambda s: engine(s, pipeline.name)["predictions"] >= 1500, timeout=60, what="traffic"
         )
         result = change_deployment(
             harness.kafka_config, pipeline, lambda s: s.deploy(V2), harness.registry
         )
-    finally:
-        thread.join()
     assert result.complete, result.answers
     keys = {
         m.key()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,12 +42,7 @@ def test_broker_restart_while_producing_and_consuming(
         worker = harness.worker(path)
         worker.wait_ready()
         pid = worker.pid
-        reports: list[Any] = []
-        thread = threading.Thread(
-            target=lambda: reports.append(harness.producer(pipeline).run(4000, rate=500, seed=31))
-        )
-        thread.start()
-        try:
+        with harness.traffic(pipeline, 4000, rate=500, seed=31) as reports:
             worker.wait_until(
                 lambda s: engine(s, pipeline.name)["predictions"] >= 1000, 60, "traffic"
             )
@@ -56,8 +50,6 @@ def test_broker_restart_while_producing_and_consuming(
             own_broker.stop()
             own_broker.start(fresh=False)
             print(f"\nbroker down and back in {time.monotonic() - down:.1f}s")
-        finally:
-            thread.join()
         (report,) = reports
         assert report.failed == 0
         events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
@@ -93,19 +85,12 @@ def test_two_workers_one_killed_the_survivor_takes_over(
         return len(engine(status, pipeline.name)["assigned"])
 
     first.wait_until(lambda s: owns(s) == 2, 60, "a share of the partitions")
-    reports: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: reports.append(harness.producer(pipeline).run(5000, rate=1000, seed=41))
-    )
-    thread.start()
-    try:
+    with harness.traffic(pipeline, 5000, rate=1000, seed=41):
         first.wait_until(lambda s: engine(s, pipeline.name)["predictions"] >= 1000, 60, "traffic")
         first.kill()
         killed = time.monotonic()
         survivor.wait_until(lambda s: owns(s) == 4, 60, "all partitions")
         took_over = time.monotonic() - killed
-    finally:
-        thread.join()
     events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
     keys = {m.key() for m in events}
     out = harness.outcomes(pipeline, keys)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -113,11 +112,7 @@ def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness, guaran
     pipeline, path = harness.pipeline(partitions=4, processing_guarantee=guarantee)
     first = harness.worker(path)
     first.wait_ready()
-    producer = harness.producer(pipeline)
-    reports = []
-    thread = threading.Thread(target=lambda: reports.append(producer.run(6000, rate=1500, seed=5)))
-    thread.start()
-    try:
+    with harness.traffic(pipeline, 6000, rate=1500, seed=5) as reports:
         status = first.wait_until(
             lambda s: engine(s, pipeline.name)["predictions"] >= 3000,
             timeout=60,
@@ -126,8 +121,6 @@ def test_worker_killed_mid_stream_loses_nothing(harness: PipelineHarness, guaran
         first.kill()  # SIGKILL: no checkpoint, no goodbye to the group
         second = harness.worker(path)
         second.wait_ready()
-    finally:
-        thread.join()
     (report,) = reports
     assert report.produced == 6000 and report.failed == 0
     keys = _all_keys(harness, pipeline, set(), 6000)

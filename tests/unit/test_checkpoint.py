@@ -10,14 +10,13 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from stream.deploy.state import initial_state
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import build_runtime
-from stream.engine.scorer import EngineSerdes
 from stream.engine.scoring import ScoringEngine
 from stream.errors import DeliveryError
 from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
-from stream.serde import AvroSerde, load_schema
-from stream.settings import PROJECT_ROOT, PipelineConfig
+from stream.settings import PipelineConfig
 from tests.unit.fakes import FakeProducer, FakeRecord
+from tests.unit.test_scorer import records, serdes
 
 V1 = ModelKey(name="payments-fraud", version="1")
 PIPELINE = PipelineConfig.model_validate(
@@ -55,24 +54,20 @@ class JournalConsumer:
         self.committed.extend(offsets)
 
 
+def make_engine(registry: ModelRegistry, pipeline: PipelineConfig) -> ScoringEngine:
+    # The producer and consumer are replaced by journals; nothing connects to this address.
+    runtime = build_runtime(pipeline, initial_state("payments", V1).current, registry)
+    return ScoringEngine(
+        pipeline, runtime, serdes(), {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
+    )
+
+
 @pytest.fixture
 def engine(registry: ModelRegistry) -> ScoringEngine:
-    schemas = PROJECT_ROOT / "schemas"
-    serdes = EngineSerdes(
-        AvroSerde(load_schema(schemas, "payments_event.avsc")),
-        AvroSerde(load_schema(schemas, "prediction.avsc")),
-        AvroSerde(load_schema(schemas, "review.avsc")),
-    )
-    # The producer and consumer are replaced below; nothing connects to this address.
-    runtime = build_runtime(PIPELINE, initial_state("payments", V1).current, registry)
-    return ScoringEngine(
-        PIPELINE, runtime, serdes, {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
-    )
+    return make_engine(registry, PIPELINE)
 
 
 def valid_records(n: int, offset: int) -> list[FakeRecord]:
-    from tests.unit.test_scorer import records
-
     recs, _ = records(n)
     return [FakeRecord(r.value(), r.key(), _offset=offset + i) for i, r in enumerate(recs)]
 
@@ -169,17 +164,7 @@ class GroupConsumer(JournalConsumer):
 def test_exactly_once_commits_outputs_and_offsets_together_then_partials(
     registry: ModelRegistry,
 ) -> None:
-    eos = PIPELINE.with_overrides(processing_guarantee="exactly_once")
-    schemas = PROJECT_ROOT / "schemas"
-    serdes = EngineSerdes(
-        AvroSerde(load_schema(schemas, "payments_event.avsc")),
-        AvroSerde(load_schema(schemas, "prediction.avsc")),
-        AvroSerde(load_schema(schemas, "review.avsc")),
-    )
-    runtime = build_runtime(eos, initial_state("payments", V1).current, registry)
-    engine = ScoringEngine(
-        eos, runtime, serdes, {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
-    )
+    engine = make_engine(registry, PIPELINE.with_overrides(processing_guarantee="exactly_once"))
     journal: list[str] = []
     producer = TransactionalJournal(journal)
     wire(engine, producer, GroupConsumer(journal))
