@@ -125,3 +125,32 @@ def test_malformed_control_record_is_refused_and_the_worker_keeps_serving(
     assert worker.stop() == 0
     log = worker.log_path.read_text()
     assert log.count(f"ignoring an unreadable record on {CONTROL_TOPIC}") == 2
+
+
+def test_model_file_disappears_while_serving(harness: PipelineHarness, tmp_path: Path) -> None:
+    """The serving model lives in memory; only a deployment that needs the file again fails."""
+    registry = ModelRegistry(tmp_path / "registry")
+    for version in ("1", "2"):
+        folder = harness.registry.folder("payments-fraud", version)
+        registry.register(
+            (folder / "model.onnx").read_bytes(),
+            harness.registry.manifest("payments-fraud", version),
+        )
+    pipeline, path = harness.pipeline()
+    worker = harness.worker(path, STREAM_REGISTRY=str(registry.root))
+    worker.wait_ready()
+    for version in ("1", "2"):
+        (registry.folder("payments-fraud", version) / "model.onnx").unlink()
+
+    harness.producer(pipeline).run(500, rate=0, seed=51)
+    events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
+    out = harness.outcomes(pipeline, {m.key() for m in events})
+    assert len(out[pipeline.predictions_topic]) == 500, "still scoring from memory"
+
+    result = change_deployment(harness.kafka_config, pipeline, lambda s: s.deploy(V2), None)
+    (answer,) = result.answers.values()
+    assert answer["kind"] == "rejected" and "no model file" in answer["message"]
+    status = worker.status()
+    assert status is not None and engine(status, pipeline.name)["alive"]
+    assert engine(status, pipeline.name)["revision"] == 0, "v1 keeps serving"
+    assert worker.stop() == 0
