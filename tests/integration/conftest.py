@@ -25,7 +25,7 @@ from stream.services.readback import end_offsets, read_to_end, read_topics
 from stream.services.topics import ensure_topics
 from stream.services.worker_process import WorkerProcess
 from stream.settings import PipelineConfig, Settings
-from stream.sinks.clickhouse import ClickHouse, connect, migrate
+from stream.sinks.clickhouse import connect, migrate
 
 
 @pytest.fixture(scope="session")
@@ -132,10 +132,21 @@ class PipelineHarness:
     def review_count(self, pipeline: PipelineConfig) -> int:
         return sum(end_offsets(self.kafka_config, pipeline.review_topic).values())
 
-    def clickhouse(self) -> ClickHouse:
+    def sql(self, pipeline: PipelineConfig, *queries: str) -> list[list[Any]]:
+        """Rows of each query, ``{p:String}`` bound to the pipeline's name.
+
+        Opens the embedded ClickHouse folder for the queries only: no worker may
+        hold it then.
+        """
         ch = connect(self.dsn, "stream")
-        migrate(ch, Settings().migrations_dir)
-        return ch
+        try:
+            migrate(ch, Settings().migrations_dir)
+            return [
+                list(ch.client.query(q, parameters={"p": pipeline.name}).result_rows)
+                for q in queries
+            ]
+        finally:
+            ch.close()
 
     def stop_all(self) -> None:
         for worker in self.workers:

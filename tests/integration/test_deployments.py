@@ -183,20 +183,13 @@ def test_shadow_then_rollback_and_a_late_worker(harness: PipelineHarness) -> Non
     late.wait_until(lambda s: closed_until(s, pipeline.name) >= end, 30, "closed windows")
     assert late.stop() == 0
 
-    ch = harness.clickhouse()
-    try:
-        rows = ch.client.query(
-            "SELECT model_version, variant, sum(count) FROM latency_windows FINAL "
-            "WHERE pipeline = {p:String} GROUP BY model_version, variant ORDER BY model_version",
-            parameters={"p": pipeline.name},
-        ).result_rows
-        events = ch.client.query(
-            "SELECT revision, kind FROM model_events FINAL WHERE pipeline = {p:String} "
-            "ORDER BY revision",
-            parameters={"p": pipeline.name},
-        ).result_rows
-    finally:
-        ch.close()
+    rows, events = harness.sql(
+        pipeline,
+        "SELECT model_version, variant, sum(count) FROM latency_windows FINAL "
+        "WHERE pipeline = {p:String} GROUP BY model_version, variant ORDER BY model_version",
+        "SELECT revision, kind FROM model_events FINAL WHERE pipeline = {p:String} "
+        "ORDER BY revision",
+    )
     compared = subprocess.run(
         [sys.executable, "-m", "stream", "models", "compare", str(path)],
         capture_output=True, text=True, timeout=120, check=False,

@@ -72,19 +72,12 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         assert prediction["model_version"] == "1"
     assert harness.review_count(pipeline) == engine(status, pipeline.name)["reviews"]
 
-    ch = harness.clickhouse()
-    try:
-        ((count, windows),) = ch.client.query(
-            "SELECT sum(count), count() FROM latency_windows FINAL WHERE pipeline = {p:String}",
-            parameters={"p": pipeline.name},
-        ).result_rows
-        drift = ch.client.query(
-            "SELECT feature, countIf(status = 'alert'), max(psi) FROM drift_windows FINAL "
-            "WHERE pipeline = {p:String} GROUP BY feature",
-            parameters={"p": pipeline.name},
-        ).result_rows
-    finally:
-        ch.close()
+    (((count, windows),), drift) = harness.sql(
+        pipeline,
+        "SELECT sum(count), count() FROM latency_windows FINAL WHERE pipeline = {p:String}",
+        "SELECT feature, countIf(status = 'alert'), max(psi) FROM drift_windows FINAL "
+        "WHERE pipeline = {p:String} GROUP BY feature",
+    )
     assert count == len(predictions)
     assert windows >= 2
     alerts = {feature: n for feature, n, _ in drift if n}
@@ -172,12 +165,7 @@ def test_monitor_state_survives_a_restart(harness: PipelineHarness) -> None:
         lambda s: closed_until(s, pipeline.name) >= end, timeout=60, what="the window to close"
     )
     assert second.stop() == 0
-    ch = harness.clickhouse()
-    try:
-        ((count,),) = ch.client.query(
-            "SELECT sum(count) FROM latency_windows FINAL WHERE pipeline = {p:String}",
-            parameters={"p": pipeline.name},
-        ).result_rows
-    finally:
-        ch.close()
+    (((count,),),) = harness.sql(
+        pipeline, "SELECT sum(count) FROM latency_windows FINAL WHERE pipeline = {p:String}"
+    )
     assert count == 1000
