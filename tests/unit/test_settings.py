@@ -133,3 +133,24 @@ def test_cli_bad_env_value() -> None:
     result = run_cli("db", "migrate", env={"STREAM_WEB_PORT": "eighty"})
     assert result.returncode == 2
     assert_one_line_error(result, "STREAM_WEB_PORT")
+
+
+def test_secrets_never_reach_the_output(tmp_path: Path) -> None:
+    from stream.services.kafka import free_port
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "p", "model": {"name": "m", "version": "1"}}))
+    env = {
+        "STREAM_CLICKHOUSE_DSN": f"http://user:hunter2@127.0.0.1:{free_port()}/db",
+        "STREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "STREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "STREAM_KAFKA_SASL_MECHANISM": "PLAIN",
+        "STREAM_KAFKA_SASL_USERNAME": "user",
+        "STREAM_KAFKA_SASL_PASSWORD": "hunter3",
+        "STREAM_LOG_LEVEL": "DEBUG",
+    }
+    for args in (("db", "migrate"), ("worker", "--pipeline", str(pipeline))):
+        result = run_cli(*args, env=env)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert "hunter2" not in output and "hunter3" not in output, args
