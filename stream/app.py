@@ -50,10 +50,10 @@ class EngineService(Service):
     async def _watch(self) -> None:
         while not self.should_stop:
             for loop in self.loops:
-                if loop.failure is not None or not loop.alive:
-                    reason = loop.failure or RuntimeError(f"{loop.name} stopped")
-                    log.critical("%s is down: %r", loop.name, reason)
-                    await self.crash(reason)
+                trouble = loop.trouble()
+                if trouble is not None:
+                    log.critical("%s; stopping the worker so that it is restarted", trouble)
+                    await self.crash(loop.failure or RuntimeError(trouble))
                     return
             await self.sleep(0.5)
 
@@ -122,8 +122,9 @@ def create_app(
     @app.page("/stream/health/")
     async def health(web: Any, request: Any) -> Any:
         """Liveness: every engine thread runs."""
-        healthy = all(e.alive and e.failure is None for e in engines)
-        return web.json({"healthy": healthy}, status=200 if healthy else 503)
+        troubles = [t for e in engines if (t := e.trouble()) is not None]
+        body = {"healthy": not troubles, "troubles": troubles}
+        return web.json(body, status=503 if troubles else 200)
 
     @app.page("/stream/ready/")
     async def ready(web: Any, request: Any) -> Any:

@@ -170,6 +170,7 @@ class ControlWatcher(BackgroundLoop):
         try:
             consumer.assign([TopicPartition(CONTROL_TOPIC, 0, self._from)])
             while not self.stopping:
+                self.beat()
                 message = consumer.poll(0.5)
                 if message is None or message.error() is not None:
                     continue

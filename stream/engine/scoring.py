@@ -161,6 +161,7 @@ class ScoringEngine(BackgroundLoop):
             self._producer.begin_transaction()
         try:
             while not self.stopping:
+                self.beat()
                 self._swap_if_pending()
                 batch = self.policy.collect(consumer.consume)
                 # A rebalance inside collect() may have revoked partitions of records
