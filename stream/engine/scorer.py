@@ -72,7 +72,7 @@ class BatchScorer:
         self.serdes = serdes
         self.writer = writer
         self.worker = worker
-        self.counters = EngineCounters(revision=runtime.revision)
+        self.counters = EngineCounters()
         self.accumulators: dict[ModelKey, PartialAccumulator] = {}
         self._clock = clock
         self._window_ms = int(pipeline.monitor.window_seconds * 1000)
@@ -86,9 +86,10 @@ class BatchScorer:
         self.runtime = runtime
         self.counters.revision = runtime.revision
         # Every model of the revision emits partials (empty ones when idle), so
-        # the monitor's windows close on time even without traffic.
+        # the monitor's windows close on time even without traffic. The role a
+        # version plays is set here, once per revision, not on every batch.
         for serving in runtime.models.values():
-            self.accumulator(serving)
+            self.accumulator(serving).variant = runtime.variant_of(serving.key)
 
     def accumulator(self, serving: ServingModel) -> PartialAccumulator:
         acc = self.accumulators.get(serving.key)
@@ -97,7 +98,6 @@ class BatchScorer:
                 self.pipeline.name, serving.model.manifest, self._window_ms, self.worker
             )
             self.accumulators[serving.key] = acc
-        acc.variant = self.runtime.variant_of(serving.key)
         return acc
 
     def score(self, records: list[Record]) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Any
@@ -25,6 +23,7 @@ from confluent_kafka import (
 
 from stream.background import BackgroundLoop
 from stream.deploy.control import EVENTS_TOPIC, model_event
+from stream.deploy.control import worker_id as this_worker
 from stream.engine.batching import BatchPolicy
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import Runtime
@@ -68,7 +67,7 @@ class ScoringEngine(BackgroundLoop):
     ) -> None:
         super().__init__(f"engine-{pipeline.name}")
         self.pipeline = pipeline
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = worker_id or this_worker()
         self._kafka_config = kafka_config
         self.transactional = pipeline.processing_guarantee == "exactly_once"
         producer_config = {
@@ -213,9 +212,8 @@ class ScoringEngine(BackgroundLoop):
         self._produce_partials()
         self.writer.acknowledge()
         if self._offsets and self._consumer is not None:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
             try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
+                self._consumer.commit(offsets=self._offset_list(), asynchronous=False)
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.code() not in _REBALANCING and not err.retriable():
@@ -227,6 +225,10 @@ class ScoringEngine(BackgroundLoop):
                 return
             self._offsets.clear()
             self.counters.commits += 1
+
+    def _offset_list(self) -> list[TopicPartition]:
+        """The next offset to consume of every partition scored since the last commit."""
+        return [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
 
     def _measure_lag(self) -> None:
         """Records behind the end of each owned partition (from cached watermarks: no request)."""
@@ -253,10 +255,9 @@ class ScoringEngine(BackgroundLoop):
         """Outputs and consumed offsets become visible together, or not at all."""
         self.writer.acknowledge()
         if self._offsets and self._consumer is not None:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
             try:
                 self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), 30
+                    self._offset_list(), self._consumer.consumer_group_metadata(), 30
                 )
             except KafkaException as exc:
                 if exc.args[0].code() not in _REBALANCING:
