@@ -115,15 +115,25 @@ def create_app(
                         "monitor": monitors[e.pipeline.name].status(),
                     }
                     for e in engines
-                }
+                },
+                "clickhouse": sink.status(),
             }
         )
 
     @app.page("/stream/health/")
     async def health(web: Any, request: Any) -> Any:
-        """Liveness: every engine thread runs."""
+        """Liveness: every engine thread runs. A ClickHouse outage degrades, it does not kill."""
         troubles = [t for e in engines if (t := e.trouble()) is not None]
-        body = {"healthy": not troubles, "troubles": troubles}
+        degraded = []
+        if not sink.available:
+            degraded.append(f"ClickHouse does not take writes: {sink.last_error}")
+        degraded += [
+            f"monitor of {name} is not reading partials: {m.status()['unwritten_windows']} "
+            "closed windows wait for ClickHouse"
+            for name, m in monitors.items()
+            if m.paused_since is not None
+        ]
+        body = {"healthy": not troubles, "troubles": troubles, "degraded": degraded}
         return web.json(body, status=503 if troubles else 200)
 
     @app.page("/stream/ready/")

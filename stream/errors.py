@@ -30,6 +30,10 @@ class DataFolderBusy(ServiceError):
     """The embedded ClickHouse data folder is held by another process."""
 
 
+class SinkUnavailable(ServiceError):
+    """ClickHouse did not take a write; the caller keeps the rows and tries again later."""
+
+
 class ModelLoadError(StreamError):
     """A model failed verification or could not be loaded; it must not serve."""
 

@@ -112,6 +112,9 @@ class MonitorSpec(_Frozen):
     min_samples: int = Field(200, ge=0)
     psi_warn: float = 0.1
     psi_alert: float = 0.25
+    # Closed windows kept while ClickHouse does not take writes; past this many the
+    # monitor stops reading partials (they wait in Kafka) until it does again.
+    max_unwritten_windows: int = Field(30, gt=0)
 
 
 class PipelineConfig(_Frozen):

@@ -4,6 +4,12 @@ State lives in a faust table with a changelog topic, keyed by
 ``pipeline|model|version``; a restarted worker recovers open windows from the
 changelog. Writes to ClickHouse run on one thread of their own, off the event
 loop. A window leaves the table only after its rows were written.
+
+When ClickHouse does not take writes, closed windows stay in the table and
+the agent goes on merging partials until ``max_unwritten_windows`` wait; then
+it stops taking partials (backpressure: faust pauses the monitor partition
+once its small buffer fills, and the partials wait in Kafka) and retries
+until the writes go through. Scoring does not stop for it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import faust
 
 from stream.deploy.control import EVENTS_TOPIC
+from stream.errors import SinkUnavailable
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
 from stream.monitor.windows import (
@@ -60,6 +67,9 @@ class MonitorAgent:
         self.write_failures = 0
         self.closed_until: dict[str, int] = {}
         self.open_events: dict[str, int] = {}
+        self.unwritten: dict[str, int] = {}
+        self.paused_since: float | None = None
+        self.paused_seconds = 0.0
         self._watermark = 0
         self.topic = app.topic(
             pipeline.monitor_topic,
@@ -108,8 +118,33 @@ class MonitorAgent:
         # any of them moves every version's watermark, so the windows of a version
         # that no longer receives traffic (retired, rolled back) still close.
         self._watermark = max(self._watermark, int(state["watermark"]))
-        for other in [key, *(k for k in self.table if k != key)]:
-            await self._close_due(other)
+        await self._close_all_due(first=key)
+        await self._hold_while_unwritten()
+
+    async def _close_all_due(self, first: str | None = None) -> None:
+        keys = [k for k in self.table if k != first]
+        for key in [first, *keys] if first is not None else keys:
+            await self._close_due(key)
+
+    async def _hold_while_unwritten(self) -> None:
+        """Backpressure: take no partial while more closed windows wait than the bound."""
+        bound = self.pipeline.monitor.max_unwritten_windows
+        if sum(self.unwritten.values()) <= bound:
+            return
+        loop = asyncio.get_running_loop()
+        self.paused_since = loop.time()
+        log.error(
+            "%s: %d closed windows wait for ClickHouse (bound %d); "
+            "not reading partials until they are written",
+            self.pipeline.name, sum(self.unwritten.values()), bound,
+        )  # fmt: skip
+        while sum(self.unwritten.values()) > bound:
+            await asyncio.sleep(max(self.sink.wait_seconds(), 0.1))
+            await self._close_all_due()
+        paused = loop.time() - self.paused_since
+        self.paused_seconds += paused
+        self.paused_since = None
+        log.warning("%s: reading partials again after %.1fs", self.pipeline.name, paused)
 
     async def _close_due(self, key: str) -> None:
         state = self.table.get(key)
@@ -118,21 +153,25 @@ class MonitorAgent:
         state["watermark"] = max(int(state["watermark"]), self._watermark)
         grace_ms = int(self.pipeline.monitor.grace_seconds * 1000)
         pipeline, model, version = key.split("|", 2)
-        closed = False
-        for window in due_windows(state, (pipeline, model, version), grace_ms):
-            try:
-                await self._write(window)
-            except Exception as exc:
-                # Keep the window open; the next partial retries the write.
-                self.write_failures += 1
-                log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
-                break
-            mark_closed(state, window)
-            closed = True
-            self.windows_written += 1
-            self.closed_until[key] = int(state["closed_until"])
-        if closed:
+        due = due_windows(state, (pipeline, model, version), grace_ms)
+        written = 0
+        if self.sink.wait_seconds() == 0:  # no write while the sink holds tries back
+            for window in due:
+                try:
+                    await self._write(window)
+                except Exception as exc:
+                    # Keep the window in the table; a later turn writes it.
+                    self.write_failures += 1
+                    if not isinstance(exc, SinkUnavailable):
+                        log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
+                    break
+                mark_closed(state, window)
+                written += 1
+                self.windows_written += 1
+                self.closed_until[key] = int(state["closed_until"])
+        if written:
             self.table[key] = state
+        self.unwritten[key] = len(due) - written
         self.open_events[key] = sum(
             int(entry["stats"]["count"]) for entry in state["open"].values() if entry["stats"]
         )
@@ -164,6 +203,9 @@ class MonitorAgent:
             "duplicate_partials": self.duplicate_partials,
             "bad_partials": self.bad_partials,
             "write_failures": self.write_failures,
+            "unwritten_windows": sum(self.unwritten.values()),
+            "paused": self.paused_since is not None,
+            "paused_seconds": round(self.paused_seconds, 1),
         }
 
 
@@ -189,6 +231,11 @@ class ModelEventsAgent:
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("skipping a malformed model event: %r", exc)
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                self._writer, self.sink.insert, "model_events", self.COLUMNS, rows
-            )
+            while True:  # few and small: hold the topic until ClickHouse takes them
+                try:
+                    await loop.run_in_executor(
+                        self._writer, self.sink.insert, "model_events", self.COLUMNS, rows
+                    )
+                    break
+                except SinkUnavailable:
+                    await asyncio.sleep(max(self.sink.wait_seconds(), 0.1))

@@ -50,6 +50,16 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
+    def memory_mib(self) -> dict[str, float]:
+        """Resident memory now (``rss``) and its peak so far (``peak``), from /proc; MiB."""
+        values = {}
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    values["rss" if name == "VmRSS" else "peak"] = int(rest.split()[0]) / 1024
+        return values
+
     def status(self) -> dict[str, Any] | None:
         return self.page("/stream/status/")
 

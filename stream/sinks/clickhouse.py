@@ -6,7 +6,8 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from stream.errors import DataFolderBusy, ServiceError, SettingsError
+from stream.errors import DataFolderBusy, ServiceError, SettingsError, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,10 @@ def connect(dsn: str, database: str) -> ClickHouse:
         if scheme == "chdb":
             client = clickhouse_connect.get_client(dsn=dsn)
         else:
-            client = clickhouse_connect.get_client(dsn=dsn, connect_timeout=5)
+            # Bounded calls: a server that stops answering fails the write, it cannot hang it.
+            client = clickhouse_connect.get_client(
+                dsn=dsn, connect_timeout=5, send_receive_timeout=30
+            )
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
         client.database = database
     except Exception as exc:
@@ -135,11 +139,82 @@ def migrate(ch: ClickHouse, migrations_dir: Path) -> list[str]:
 
 
 class ClickHouseSink:
-    """Batched inserts of finished windows. Rows are keyed, so a retried insert replaces itself."""
+    """Inserts of finished windows, and whether ClickHouse takes them right now.
 
-    def __init__(self, ch: ClickHouse) -> None:
+    Rows are keyed (ReplacingMergeTree), so an insert retried after a failure
+    replaces itself. After a failed insert the sink holds further tries back for
+    a while (0.5 s, doubling up to ``max_wait``): an outage costs one failed call
+    per wait, not one per partial. Inserts run on the worker's one writer
+    thread; ``status`` is read from the event loop.
+    """
+
+    def __init__(
+        self,
+        ch: ClickHouse,
+        min_wait: float = 0.5,
+        max_wait: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = ch.client
+        self._min_wait = min_wait
+        self._max_wait = max_wait
+        self._clock = clock
+        self._next_try = 0.0
+        self._failures_in_a_row = 0
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        self.failed_inserts = 0
+        self.rows_written = 0
+
+    @property
+    def available(self) -> bool:
+        return self.down_since is None
+
+    def wait_seconds(self) -> float:
+        """How long to hold back before the next try; 0 when a write may go now."""
+        return max(0.0, self._next_try - self._clock())
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
+        """Write ``rows``, or raise SinkUnavailable and keep the caller's rows where they are."""
+        if not rows:
+            return
+        try:
             self._client.insert(table, [list(r) for r in rows], column_names=list(columns))
+        except Exception as exc:
+            self._failed(table, exc)
+            raise SinkUnavailable(f"ClickHouse did not take {table}: {self.last_error}") from exc
+        self.rows_written += len(rows)
+        if self.down_since is not None:
+            log.warning(
+                "ClickHouse takes writes again after %.1fs", self._clock() - self.down_since
+            )
+        self.down_since = None
+        self._failures_in_a_row = 0
+        self._next_try = 0.0
+
+    def _failed(self, table: str, exc: Exception) -> None:
+        now = self._clock()
+        self.failed_inserts += 1
+        self.last_error = " ".join(str(exc).split())[:300] or type(exc).__name__
+        wait = min(self._max_wait, self._min_wait * 2**self._failures_in_a_row)
+        self._failures_in_a_row += 1
+        self._next_try = now + wait
+        if self.down_since is None:
+            self.down_since = now
+            log.error("ClickHouse does not take writes (%s): %s", table, self.last_error)
+        else:
+            log.warning(
+                "ClickHouse still does not take writes after %.1fs; next try in %.1fs",
+                now - self.down_since, wait,
+            )  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "down_seconds": (
+                None if self.down_since is None else round(self._clock() - self.down_since, 1)
+            ),
+            "last_error": self.last_error,
+            "failed_inserts": self.failed_inserts,
+            "rows_written": self.rows_written,
+        }

@@ -47,7 +47,7 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         )
     status = worker.status()
     assert status is not None
-    assert worker.page("/stream/health/") == {"healthy": True, "troubles": []}
+    assert worker.page("/stream/health/") == {"healthy": True, "troubles": [], "degraded": []}
     ready = worker.page("/stream/ready/")
     assert ready is not None and ready["ready"] is True
     lag = ready["lag"][pipeline.name]
