@@ -35,11 +35,26 @@ class EngineService(Service):
     """
 
     def __init__(
-        self, engines: list[ScoringEngine], watcher: ControlWatcher, **kwargs: Any
+        self,
+        engines: list[ScoringEngine],
+        watcher: ControlWatcher,
+        monitors: list[MonitorAgent],
+        stall_after: float,
+        **kwargs: Any,
     ) -> None:
         self.engines = engines
         self.loops: list[BackgroundLoop] = [*engines, watcher]
+        self.monitors = monitors
+        self.stall_after = stall_after
         super().__init__(**kwargs)
+
+    def troubles(self) -> list[tuple[str, BaseException | None]]:
+        """What cannot be trusted to make progress: failed, ended or stuck loops and agents."""
+        found = [(t, loop.failure) for loop in self.loops if (t := loop.trouble()) is not None]
+        found += [
+            (t, None) for m in self.monitors if (t := m.trouble(self.stall_after)) is not None
+        ]
+        return found
 
     async def on_stop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,12 +64,10 @@ class EngineService(Service):
     @Service.task
     async def _watch(self) -> None:
         while not self.should_stop:
-            for loop in self.loops:
-                trouble = loop.trouble()
-                if trouble is not None:
-                    log.critical("%s; stopping the worker so that it is restarted", trouble)
-                    await self.crash(loop.failure or RuntimeError(trouble))
-                    return
+            for trouble, failure in self.troubles()[:1]:
+                log.critical("%s; stopping the worker so that it is restarted", trouble)
+                await self.crash(failure or RuntimeError(trouble))
+                return
             await self.sleep(0.5)
 
 
@@ -95,7 +108,9 @@ def create_app(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
     monitors = {p.name: MonitorAgent(app, p, registry, sink, writer) for p in pipelines}
     ModelEventsAgent(app, sink, writer)
-    engine_service = EngineService(engines, watcher, loop=None)
+    engine_service = EngineService(
+        engines, watcher, list(monitors.values()), settings.stall_seconds, loop=None
+    )
 
     @app.task
     async def start_engines() -> None:
@@ -122,8 +137,8 @@ def create_app(
 
     @app.page("/stream/health/")
     async def health(web: Any, request: Any) -> Any:
-        """Liveness: every engine thread runs. A ClickHouse outage degrades, it does not kill."""
-        troubles = [t for e in engines if (t := e.trouble()) is not None]
+        """Liveness: no loop or agent in trouble. A ClickHouse outage degrades, it does not kill."""
+        troubles = [trouble for trouble, _ in engine_service.troubles()]
         degraded = []
         if not sink.available:
             degraded.append(f"ClickHouse does not take writes: {sink.last_error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +71,49 @@ class BackgroundLoop:
 
     def _loop(self) -> None:
         raise NotImplementedError
+
+
+class PartitionProgress:
+    """Partitions that make no progress while records wait in them.
+
+    ``observe`` takes, per partition, the consumer's position and the records
+    behind the partition's end. A partition is stalled when records waited and
+    its position did not move for ``stall_after`` seconds: the loop turns, but
+    that partition is stuck (paused and never resumed, a fetch that never
+    returns). Partitions not in the latest observation are forgotten.
+    """
+
+    def __init__(self, stall_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_after = stall_after
+        self._clock = clock
+        self._since: dict[str, tuple[int, float]] = {}  # partition -> (position, since)
+        self._lag: dict[str, int] = {}
+
+    def observe(self, positions: dict[str, tuple[int, int]]) -> None:
+        now = self._clock()
+        for name, (position, lag) in positions.items():
+            seen = self._since.get(name)
+            if seen is None or seen[0] != position or lag == 0:
+                self._since[name] = (position, now)
+        self._lag = {name: lag for name, (_, lag) in positions.items()}
+        for gone in set(self._since) - set(positions):
+            del self._since[gone]
+
+    def stalled(self) -> dict[str, float]:
+        """Partition → seconds without progress, past ``stall_after`` with records waiting."""
+        now = self._clock()
+        return {
+            name: now - since
+            for name, (_, since) in self._since.items()
+            if self._lag.get(name, 0) > 0 and now - since > self.stall_after
+        }
+
+    def describe(self) -> str | None:
+        stalled = self.stalled()
+        if not stalled:
+            return None
+        parts = ", ".join(
+            f"{name} ({self._lag[name]} records waiting, {seconds:.0f}s)"
+            for name, seconds in sorted(stalled.items())
+        )
+        return f"no progress on {parts}"

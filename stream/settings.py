@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     web_port: int = 6066
     replication_factor: int = 1
     log_level: str = "INFO"
+    stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A loop without a turn, or a partition without progress while records "
+        "wait, for this long takes the worker down (exit 1) so that it is restarted",
+    )
 
     @property
     def registry_path(self) -> Path:

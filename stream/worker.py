@@ -86,11 +86,14 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
                 build_runtime(p, _deployment(states, p).current, registry),
                 build_serdes(settings, p, schemas),
                 kafka_config,
+                stall_after=settings.stall_seconds,
             )
             for p in pipelines
         ]
         deployer = Deployer({e.pipeline.name: e for e in engines}, registry, kafka_config)
-        watcher = ControlWatcher(kafka_config, control_offset, deployer.apply)
+        watcher = ControlWatcher(
+            kafka_config, control_offset, deployer.apply, settings.stall_seconds
+        )
         faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
         app = create_app(
             settings, pipelines, engines, watcher, registry, ClickHouseSink(clickhouse)

@@ -153,8 +153,9 @@ class ControlWatcher(BackgroundLoop):
         kafka_config: dict[str, Any],
         from_offset: int,
         on_state: Callable[[DeploymentState], None],
+        stall_after: float = 120.0,
     ) -> None:
-        super().__init__("control-watcher")
+        super().__init__("control-watcher", stall_after)
         self._kafka_config = kafka_config
         self._from = from_offset
         self._on_state = on_state

@@ -21,7 +21,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream.background import BackgroundLoop
+from stream.background import BackgroundLoop, PartitionProgress
 from stream.deploy.control import EVENTS_TOPIC, model_event
 from stream.deploy.control import worker_id as this_worker
 from stream.engine.batching import BatchPolicy
@@ -64,8 +64,10 @@ class ScoringEngine(BackgroundLoop):
         serdes: EngineSerdes,
         kafka_config: dict[str, Any],
         worker_id: str | None = None,
+        stall_after: float = 120.0,
     ) -> None:
-        super().__init__(f"engine-{pipeline.name}")
+        super().__init__(f"engine-{pipeline.name}", stall_after)
+        self.progress = PartitionProgress(stall_after)
         self.pipeline = pipeline
         self.worker_id = worker_id or this_worker()
         self._kafka_config = kafka_config
@@ -235,11 +237,22 @@ class ScoringEngine(BackgroundLoop):
         if self._consumer is None:
             return
         lag = {}
+        positions = {}
         for tp in self._consumer.position([TopicPartition(t, p) for t, p in self._owned]):
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= 0:
-                lag[f"{tp.topic}[{tp.partition}]"] = max(high - tp.offset, 0)
+                name = f"{tp.topic}[{tp.partition}]"
+                lag[name] = max(high - tp.offset, 0)
+                positions[name] = (tp.offset, lag[name])
         self.counters.lag = lag
+        self.progress.observe(positions)
+
+    def trouble(self) -> str | None:
+        """The loop's own trouble, or partitions that make no progress while records wait."""
+        trouble = super().trouble()
+        if trouble is None and (stuck := self.progress.describe()):
+            return f"{self.name}: {stuck}"
+        return trouble
 
     def _produce_partials(self) -> None:
         now_ms = int(time.time() * 1000)

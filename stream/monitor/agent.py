@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +71,7 @@ class MonitorAgent:
         self.unwritten: dict[str, int] = {}
         self.paused_since: float | None = None
         self.paused_seconds = 0.0
+        self._last_turn = time.monotonic()
         self._watermark = 0
         self.topic = app.topic(
             pipeline.monitor_topic,
@@ -95,6 +97,7 @@ class MonitorAgent:
                 raise
 
     async def process(self, key: str, value: bytes) -> None:
+        self._last_turn = time.monotonic()
         try:
             partial = Partial.parse(json.loads(value))
         except (ValueError, KeyError, TypeError) as exc:
@@ -139,6 +142,7 @@ class MonitorAgent:
             self.pipeline.name, sum(self.unwritten.values()), bound,
         )  # fmt: skip
         while sum(self.unwritten.values()) > bound:
+            self._last_turn = time.monotonic()
             await asyncio.sleep(max(self.sink.wait_seconds(), 0.1))
             await self._close_all_due()
         paused = loop.time() - self.paused_since
@@ -193,6 +197,29 @@ class MonitorAgent:
     def _insert(self, latency: list[list[Any]], drift: list[list[Any]]) -> None:
         self.sink.insert("latency_windows", LATENCY_COLUMNS, latency)
         self.sink.insert("drift_windows", DRIFT_COLUMNS, drift)
+
+    def trouble(self, stall_after: float) -> str | None:
+        """Why the agent cannot be trusted to make progress, or None while it is fine.
+
+        Engines send a partial (a heartbeat when idle) every flush interval, so
+        an agent that owns the monitor topic takes one every second or so, or
+        turns its backpressure loop. Silence for ``stall_after`` means it hangs.
+        """
+        now = time.monotonic()
+        if self.app.rebalancing or not self._owns_topic():
+            self._last_turn = now
+            return None
+        silent = now - self._last_turn
+        if silent > stall_after:
+            return f"monitor of {self.pipeline.name} took no partial for {silent:.0f}s"
+        return None
+
+    def _owns_topic(self) -> bool:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # no consumer yet, or it is being replaced
+            return False
+        return any(tp.topic == self.pipeline.monitor_topic for tp in assignment)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -107,6 +107,8 @@ class PipelineHarness:
             "STREAM_HOME": str(self.tmp / "home"),
             "STREAM_APP_ID": f"stream-test-{path.stem}",
             "STREAM_LOG_LEVEL": "INFO",
+            # Watchdogs much tighter than production's, so a false alarm fails a test.
+            "STREAM_STALL_SECONDS": "20",
             **overrides,
         }
         worker = WorkerProcess(path, env, self.tmp / f"{path.stem}-{len(self.workers)}.log")

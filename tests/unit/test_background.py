@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stream.background import BackgroundLoop
+from stream.background import BackgroundLoop, PartitionProgress
 
 
 class Loop(BackgroundLoop):
@@ -67,3 +67,42 @@ def test_a_loop_that_ended_is_reported(
     wait_for(lambda: not loop.alive)
     trouble = loop.trouble()
     assert trouble is not None and trouble.startswith(expected)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_partition_without_progress_while_records_wait_is_stalled() -> None:
+    clock = Clock()
+    progress = PartitionProgress(stall_after=60, clock=clock)
+    for second in range(0, 200, 10):
+        clock.now = second
+        progress.observe(
+            {
+                "e[0]": (100 + second, 5),  # moves: fine however long records wait
+                "e[1]": (40, 0),  # nothing waits: idle, not stalled
+                "e[2]": (7, 30 + second),  # stuck at offset 7 while its lag grows
+            }
+        )
+        stalled = progress.stalled()
+        assert set(stalled) == ({"e[2]"} if second > 60 else set())
+    assert progress.describe() == "no progress on e[2] (220 records waiting, 190s)"
+
+
+def test_progress_or_a_revoke_clears_a_stall() -> None:
+    clock = Clock()
+    progress = PartitionProgress(stall_after=60, clock=clock)
+    progress.observe({"e[0]": (7, 10)})
+    clock.now = 100
+    progress.observe({"e[0]": (7, 10)})
+    assert progress.stalled() == {"e[0]": 100}
+    progress.observe({"e[0]": (8, 9)})
+    assert progress.stalled() == {}
+    clock.now = 200
+    progress.observe({})  # revoked
+    assert progress.stalled() == {} and progress.describe() is None

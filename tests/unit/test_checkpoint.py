@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from stream.background import PartitionProgress
 from stream.deploy.state import initial_state
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import build_runtime
@@ -185,3 +186,34 @@ def test_exactly_once_commits_outputs_and_offsets_together_then_partials(
     journal.clear()
     engine.checkpoint(last=True)
     assert "begin transaction" not in journal
+
+
+class StuckConsumer:
+    """Partition 0 keeps its position while records arrive behind it."""
+
+    def __init__(self) -> None:
+        self.high = 100
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 40) for tp in partitions]
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        self.high += 50
+        return 0, self.high
+
+
+def test_a_partition_that_makes_no_progress_while_lag_grows_is_engine_trouble(
+    engine: ScoringEngine,
+) -> None:
+    now = [0.0]
+    engine.progress = PartitionProgress(stall_after=120, clock=lambda: now[0])
+    engine._consumer = StuckConsumer()  # type: ignore[assignment]
+    engine._owned = {("payments.events", 0)}
+    for second in range(0, 200, 10):
+        now[0] = second
+        engine._measure_lag()
+    assert engine.counters.lag == {"payments.events[0]": 1060}
+    trouble = engine.trouble()
+    assert trouble == (
+        "engine-payments: no progress on payments.events[0] (1060 records waiting, 190s)"
+    )
