@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit integration kafka-jars prerequisites clean
+.PHONY: demo test lint unit fuzz integration kafka-jars prerequisites clean
 
 demo: $(VENV)/.installed-train prerequisites
 	$(BIN)/stream demo
@@ -18,6 +18,10 @@ lint: $(VENV)/.installed-test
 
 unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests/unit
+
+# The bad-input properties at scale (about 2 minutes per 1,000 examples a test on 2 cores).
+fuzz: $(VENV)/.installed-test
+	STREAM_FUZZ_EXAMPLES=$${STREAM_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -q -s tests/unit/test_bad_input_properties.py
 
 integration: $(VENV)/.installed-test prerequisites
 	$(BIN)/python -m pytest tests/integration

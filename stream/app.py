@@ -93,7 +93,7 @@ def create_app(
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.kafka_bootstrap or ""),
-        store="memory://",
+        store=f"{settings.table_store}://",
         datadir=str(faust_datadir(settings)),
         web_host=settings.web_host,
         web_port=settings.web_port,

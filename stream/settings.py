@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     web_port: int = 6066
     replication_factor: int = 1
     log_level: str = "INFO"
+    table_store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="Where the monitor's window state lives: memory (rebuilt from its changelog "
+        "topic at start) or rocksdb (on disk under STREAM_HOME, one STREAM_HOME per worker)",
+    )
     stall_seconds: float = Field(
         120.0,
         gt=0,

@@ -63,6 +63,7 @@ class MonitorAgent:
         self._manifests: dict[tuple[str, str], ModelManifest] = {}
         self.windows_written = 0
         self.late_partials = 0
+        self.events_merged = 0
         self.duplicate_partials = 0
         self.bad_partials = 0
         self.write_failures = 0
@@ -109,6 +110,8 @@ class MonitorAgent:
         if outcome == "duplicate":
             self.duplicate_partials += 1
             return
+        if outcome == "merged":
+            self.events_merged += partial.stats.count
         if outcome == "late":
             self.late_partials += 1
             log.warning(
@@ -226,6 +229,8 @@ class MonitorAgent:
             "windows_written": self.windows_written,
             "closed_until": self.closed_until,
             "open_events": self.open_events,
+            "events_merged": self.events_merged,
+            "owns_topic": self._owns_topic(),
             "late_partials": self.late_partials,
             "duplicate_partials": self.duplicate_partials,
             "bad_partials": self.bad_partials,

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from stream.demo.data import CATEGORIES, NUMERIC
 from stream.models.registry import ModelRegistry
+from stream.services.readback import read_to_end
 from tests.integration.conftest import PipelineHarness, engine
 
 pytestmark = pytest.mark.integration
@@ -146,3 +147,49 @@ def test_worker_refuses_a_model_that_does_not_verify(
     assert "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert message in line and f"payments-fraud:{version}" in line
+
+
+def test_a_burst_of_poison_pills_is_dead_lettered_at_full_speed_beside_good_traffic(
+    harness: PipelineHarness,
+) -> None:
+    """30,000 broken events at once, in the middle of 600 good events a second."""
+    pipeline, path = harness.pipeline()
+    worker = harness.worker(path)
+    worker.wait_ready()
+    with harness.traffic(pipeline, 12_000, rate=600, seed=81) as reports:
+        worker.wait_until(lambda s: engine(s, pipeline.name)["predictions"] >= 3000, 60, "traffic")
+        burst = harness.producer(pipeline).run(30_000, rate=0, seed=82, malformed_share=1.0)
+    (good,) = reports
+    assert burst.malformed == 30_000 and good.malformed == 0
+    events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
+    sent_at = {m.key(): m.timestamp()[1] for m in events}
+    out = harness.outcomes(pipeline, set(sent_at), timeout=120)
+    predictions = out[pipeline.predictions_topic]
+    dead = out[pipeline.deadletter_topic]
+    assert len(predictions) == 12_000 and len(dead) == 30_000, "one outcome per event"
+    reasons = {dict(m.headers())["error.reason"] for m in dead}
+    assert reasons <= {b"value_decode", b"invalid"}
+    status = worker.status()
+    assert status is not None and engine(status, pipeline.name)["alive"]
+    assert worker.stop() == 0
+
+    dead_at = sorted(m.timestamp()[1] for m in dead)
+    start, end = dead_at[0], dead_at[-1]
+    latency = {"before": [], "during": []}  # type: dict[str, list[int]]
+    for m in predictions:
+        sent = sent_at[m.key()]
+        if sent < start:
+            latency["before"].append(m.timestamp()[1] - sent)
+        elif sent <= end:
+            latency["during"].append(m.timestamp()[1] - sent)
+
+    def p(values: list[int], q: float) -> int:
+        return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else -1
+
+    print(
+        f"\npoison pills: 30,000 dead-lettered in {(end - start) / 1000:.1f}s "
+        f"({30_000 / max(end - start, 1) * 1000:,.0f}/s) beside 600 good events/s; good "
+        f"events' latency p50/p99 {p(latency['before'], 0.5)}/{p(latency['before'], 0.99)} ms "
+        f"before the burst, {p(latency['during'], 0.5)}/{p(latency['during'], 0.99)} ms "
+        f"during it ({len(latency['during'])} events)"
+    )

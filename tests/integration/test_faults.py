@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,10 @@ from stream.deploy.control import CONTROL_TOPIC
 from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.services.kafka import KafkaBroker
-from stream.services.readback import read_to_end
-from tests.integration.conftest import PipelineHarness, engine
+from stream.services.readback import read_to_end, read_topics
+from stream.settings import Settings
+from stream.sinks.clickhouse import connect, migrate
+from tests.integration.conftest import PipelineHarness, closed_until, engine, window_end
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +157,106 @@ def test_model_file_disappears_while_serving(harness: PipelineHarness, tmp_path:
     assert status is not None and engine(status, pipeline.name)["alive"]
     assert engine(status, pipeline.name)["revision"] == 0, "v1 keeps serving"
     assert worker.stop() == 0
+
+
+def _state_events(value: bytes) -> int:
+    """Events in the windows of one monitor state record (faust's JSON changelog value)."""
+    state = json.loads(value)
+    entries = [*state["open"].values(), *state["closed"].values()]
+    return sum(int(e["stats"]["count"]) for e in entries if e["stats"])
+
+
+def _windows(dsn: str, pipeline: str) -> dict[Any, tuple[int, int]]:
+    """window start → (revision, events) of the pipeline's rows in one ClickHouse folder."""
+    ch = connect(dsn, "stream")
+    try:
+        migrate(ch, Settings().migrations_dir)
+        rows = ch.client.query(
+            "SELECT window_start, revision, count FROM latency_windows FINAL "
+            "WHERE pipeline = {p:String}",
+            parameters={"p": pipeline},
+        ).result_rows
+    finally:
+        ch.close()
+    return {start: (revision, count) for start, revision, count in rows}
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_monitor_owner_killed_the_survivor_recovers_the_windows_from_the_changelog(
+    harness: PipelineHarness, tmp_path: Path, store: str
+) -> None:
+    """The monitor state of a killed worker lives on in its changelog, with either store."""
+    # A long grace keeps every window open until well after the kill: only the changelog
+    # can carry its events to the survivor.
+    pipeline, path = harness.pipeline(monitor={"window_seconds": 5, "grace_seconds": 20})
+    window_ms = int(pipeline.monitor.window_seconds * 1000)
+    dsn = {name: f"chdb://{tmp_path / f'ch-{name}'}" for name in ("a", "b")}
+    workers = {
+        name: harness.worker(
+            path,
+            STREAM_CLICKHOUSE_DSN=dsn[name],
+            STREAM_HOME=str(tmp_path / f"home-{name}"),  # RocksDB folders are per process
+            STREAM_TABLE_STORE=store,
+        )
+        for name in dsn
+    }
+    for worker in workers.values():
+        worker.wait_ready()
+
+    def owner() -> str | None:
+        owns = [
+            name
+            for name, worker in workers.items()
+            if (s := worker.status()) and s["pipelines"][pipeline.name]["monitor"]["owns_topic"]
+        ]
+        return owns[0] if len(owns) == 1 else None
+
+    harness.producer(pipeline).run(2000, rate=0, seed=71)
+    events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
+    harness.outcomes(pipeline, {m.key() for m in events})
+    deadline = time.monotonic() + 60
+    while (killed := owner()) is None:
+        assert time.monotonic() < deadline, "no single owner of the monitor topic"
+        time.sleep(0.2)
+    merged = workers[killed].wait_until(
+        lambda s: s["pipelines"][pipeline.name]["monitor"]["events_merged"] == 2000,
+        60,
+        "every partial merged",
+    )
+    changelog = f"stream-test-{path.stem}-{pipeline.name}-monitor-windows-changelog"
+    read_topics(
+        harness.kafka_config,
+        {changelog: None},
+        lambda out: bool(out[changelog]) and _state_events(out[changelog][-1].value()) == 2000,
+        timeout=30,
+    )
+    last_scored = max(
+        engine(s, pipeline.name)["last_scored_ms"]
+        for w in workers.values()
+        if (s := w.status()) is not None
+    )
+    workers[killed].kill()
+    in_open_windows = sum(merged["pipelines"][pipeline.name]["monitor"]["open_events"].values())
+    (name,) = set(workers) - {killed}
+    survivor = workers[name]
+    status = survivor.wait_until(
+        lambda s: (
+            s["pipelines"][pipeline.name]["monitor"]["owns_topic"]
+            and closed_until(s, pipeline.name) >= window_end(last_scored, window_ms)
+        ),
+        90,
+        "the survivor writing the last window",
+    )
+    assert survivor.stop() == 0
+
+    written = _windows(dsn[name], pipeline.name)
+    total = sum(count for _, count in written.values())
+    print(
+        f"\n{store} store: monitor owner killed with {in_open_windows} events in open windows; "
+        f"the survivor recovered them from the changelog and wrote {len(written)} windows "
+        f"holding {total}"
+    )
+    assert in_open_windows == 2000, "nothing was written before the kill"
+    assert not _windows(dsn[killed], pipeline.name)
+    assert status["pipelines"][pipeline.name]["monitor"]["late_partials"] == 0
+    assert total == 2000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,11 @@ AVRO = PipelineConfig.model_validate(
 )
 JSON = AVRO.with_overrides(input={"format": "json"})
 TRIED = {"inputs": 0}
+# `make fuzz` runs the same properties at scale: STREAM_FUZZ_EXAMPLES examples per test.
 EXAMPLES = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("STREAM_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
