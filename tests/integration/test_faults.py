@@ -214,29 +214,25 @@ def test_monitor_owner_killed_the_survivor_recovers_the_windows_from_the_changel
     harness.producer(pipeline).run(2000, rate=0, seed=71)
     events = read_to_end(harness.kafka_config, [pipeline.events_topic])[pipeline.events_topic]
     harness.outcomes(pipeline, {m.key() for m in events})
-    deadline = time.monotonic() + 60
-    while (killed := owner()) is None:
-        assert time.monotonic() < deadline, "no single owner of the monitor topic"
-        time.sleep(0.2)
-    merged = workers[killed].wait_until(
-        lambda s: s["pipelines"][pipeline.name]["monitor"]["events_merged"] == 2000,
-        60,
-        "every partial merged",
-    )
+    # The changelog, not any one worker's memory, is what a survivor recovers from
+    # (the monitor topic may have changed hands while the workers joined).
     changelog = f"stream-test-{path.stem}-{pipeline.name}-monitor-windows-changelog"
     read_topics(
         harness.kafka_config,
         {changelog: None},
         lambda out: bool(out[changelog]) and _state_events(out[changelog][-1].value()) == 2000,
-        timeout=30,
+        timeout=60,
     )
+    deadline = time.monotonic() + 60
+    while (killed := owner()) is None:
+        assert time.monotonic() < deadline, "no single owner of the monitor topic"
+        time.sleep(0.2)
     last_scored = max(
         engine(s, pipeline.name)["last_scored_ms"]
         for w in workers.values()
         if (s := w.status()) is not None
     )
     workers[killed].kill()
-    in_open_windows = sum(merged["pipelines"][pipeline.name]["monitor"]["open_events"].values())
     (name,) = set(workers) - {killed}
     survivor = workers[name]
     status = survivor.wait_until(
@@ -252,11 +248,10 @@ def test_monitor_owner_killed_the_survivor_recovers_the_windows_from_the_changel
     written = _windows(dsn[name], pipeline.name)
     total = sum(count for _, count in written.values())
     print(
-        f"\n{store} store: monitor owner killed with {in_open_windows} events in open windows; "
-        f"the survivor recovered them from the changelog and wrote {len(written)} windows "
+        f"\n{store} store: monitor owner killed with 2000 events in open windows; the "
+        f"survivor recovered them from the changelog and wrote {len(written)} windows "
         f"holding {total}"
     )
-    assert in_open_windows == 2000, "nothing was written before the kill"
-    assert not _windows(dsn[killed], pipeline.name)
+    assert not _windows(dsn[killed], pipeline.name), "no window closed before the kill"
     assert status["pipelines"][pipeline.name]["monitor"]["late_partials"] == 0
     assert total == 2000
