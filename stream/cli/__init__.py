@@ -158,3 +158,50 @@ def main() -> None:
         sys.exit(2 if isinstance(exc, SettingsError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@app.command()
+def bench(
+    events: Annotated[
+        int, typer.Option(min=100, help="Events each engine reads per run.")
+    ] = 300_000,
+    runs: Annotated[int, typer.Option(min=1, help="Runs per engine.")] = 3,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of the events topic.")] = 4,
+    trees: Annotated[int, typer.Option(min=1, help="Trees of the gradient boosting model.")] = 100,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size of the batching engines.")] = 1000,
+    format: Annotated[str, typer.Option(help="Event encoding: avro or json.")] = "avro",
+    engines: Annotated[
+        str, typer.Option(help="Comma-separated: pipeline,pipeline-eos,bare,quix,faust.")
+    ] = "pipeline,pipeline-eos,bare,quix,faust",
+    latency: Annotated[
+        str,
+        typer.Option(help="Shares of the pipeline's max rate for the latency runs; '' for none."),
+    ] = "0.1,0.5,0.8",
+    latency_seconds: Annotated[float, typer.Option(min=1, help="Length of each latency run.")] = 30,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here, and a PNG chart beside.")
+    ] = None,
+) -> None:
+    """This pipeline against a bare librdkafka loop, Quix Streams and a faust agent."""
+    from stream.bench.run import BenchOptions, run_bench
+
+    if format not in ("avro", "json"):
+        raise SettingsError("--format", f"avro or json, not {format!r}")
+    try:
+        shares = tuple(float(x) for x in latency.split(",") if x.strip())
+    except ValueError:
+        raise SettingsError("--latency", f"comma-separated numbers, not {latency!r}") from None
+    if any(not 0 < s <= 1 for s in shares):
+        raise SettingsError("--latency", "each share must lie in (0, 1]")
+    settings = configure()
+    logging.getLogger().setLevel(logging.WARNING)
+    run_bench(
+        settings,
+        BenchOptions(
+            events=events, runs=runs, partitions=partitions, trees=trees, batch=batch,
+            format=format,  # type: ignore[arg-type]
+            engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
+            latency=shares, latency_seconds=latency_seconds, json_path=json_file,
+        ),
+        console,
+    )  # fmt: skip

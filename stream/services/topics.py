@@ -50,9 +50,15 @@ def pipeline_topics(pipeline: PipelineConfig, replication: int) -> list[NewTopic
 def ensure_topics(
     kafka_config: dict[str, Any], pipelines: list[PipelineConfig], replication: int = 1
 ) -> list[str]:
+    """Create the pipelines' missing topics; return the names created."""
+    return create_topics(
+        kafka_config, [t for p in pipelines for t in pipeline_topics(p, replication)]
+    )
+
+
+def create_topics(kafka_config: dict[str, Any], wanted: list[NewTopic]) -> list[str]:
     """Create missing topics; return the names created. Existing topics are left as they are."""
     admin = AdminClient(kafka_config)
-    wanted = [t for p in pipelines for t in pipeline_topics(p, replication)]
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [t for t in wanted if t.topic not in existing]
     created = []

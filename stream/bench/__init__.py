@@ -1,0 +1,1 @@
+"""``stream bench``: this pipeline against a bare librdkafka loop and peer engines."""

@@ -1,0 +1,198 @@
+"""One timed run of one engine over the prepared events topic.
+
+Every engine reads the same topic from the beginning with a consumer group
+of its own and writes one output per event; each runs as a process of its
+own, so CPU time and peak RSS are its alone. The pipeline runs as a real
+``stream worker`` with every feature on; the others are the scripts in
+``bench/`` (the bare loop, Quix Streams, a faust agent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from stream.errors import ServiceError
+from stream.services.worker_process import WorkerProcess
+from stream.settings import PROJECT_ROOT, PipelineConfig
+
+PEERS_DIR = PROJECT_ROOT / "bench"
+QUIX_REQUIREMENT = "quixstreams==3.28.1"
+ENGINES = ("pipeline", "pipeline-eos", "bare", "quix", "faust")
+TITLES = {
+    "pipeline": "this pipeline, every feature on",
+    "pipeline-eos": "this pipeline, exactly-once",
+    "bare": "bare confluent-kafka loop",
+    "quix": "Quix Streams, sdf.apply per event",
+    "faust": "faust agent, per event",
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    events: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mib: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_per_1k(self) -> float:
+        return self.cpu_seconds / self.events * 1000 if self.events else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "cpu_s_per_1k": round(self.cpu_per_1k, 4),
+            "peak_rss_mib": round(self.peak_rss_mib, 1),
+        }
+
+
+@dataclass(frozen=True)
+class Workbench:
+    """What every run shares: the broker, the prepared topic, files and folders."""
+
+    bootstrap: str
+    folder: Path
+    pipeline: PipelineConfig
+    pipeline_files: dict[str, Path]  # engine → pipeline file (at-least-once, exactly-once)
+    registry: Path
+    spec: Path
+    events: int
+    batch: int
+    timeout: float
+    features: int
+
+    def output_topic(self, engine: str) -> str:
+        return f"{self.pipeline.name}.bench-{engine}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
+    """A `stream worker`, timed from its first scored event to the last, by its status page."""
+    group = bench.pipeline.engine_group
+    _delete_groups(bench.bootstrap, [group])  # read the topic from the start again
+    home = bench.folder / f"{engine}-{run}"
+    worker = WorkerProcess(
+        bench.pipeline_files[engine],
+        {
+            "STREAM_KAFKA_BOOTSTRAP": bench.bootstrap,
+            "STREAM_HOME": str(home),
+            "STREAM_REGISTRY": str(bench.registry),
+            "STREAM_APP_ID": f"bench-{uuid.uuid4().hex[:8]}",
+            "STREAM_LOG_LEVEL": "WARNING",
+        },
+        home / "worker.log",
+    ).start()
+    try:
+        pid = worker.pid
+        assert pid is not None
+        first: tuple[float, float, int] | None = None
+        deadline = time.monotonic() + bench.timeout
+        while True:
+            status = worker.wait_until(lambda s: True, bench.timeout, "status")
+            counters = status["pipelines"][bench.pipeline.name]["engine"]
+            done = int(counters["predictions"]) + int(counters["dead_letters"])
+            now = time.monotonic()
+            if first is None and done > 0:
+                first = (now, _cpu_seconds(pid), done)
+            if done >= bench.events and first is not None:
+                cpu = _cpu_seconds(pid)
+                peak = worker.memory_mib()["peak"]
+                break
+            if now > deadline:
+                raise ServiceError(
+                    f"{engine}: {done} of {bench.events} events after {bench.timeout:.0f}s; "
+                    f"see {worker.log_path}"
+                )
+            time.sleep(0.05)
+    finally:
+        code = worker.stop()
+    if code not in (0, None):
+        raise ServiceError(f"{engine}: worker exited with code {code}; see {worker.log_path}")
+    started, cpu_started, done_at_start = first
+    return RunResult(bench.events - done_at_start, now - started, cpu - cpu_started, peak)
+
+
+def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
+    """One of the scripts in ``bench/``; it reports its own timing as one JSON line."""
+    script = {"bare": "bare_loop.py", "quix": "quix_app.py", "faust": "faust_agent.py"}[engine]
+    log = bench.folder / f"{engine}-{run}.log"
+    command = [
+        python, str(PEERS_DIR / script), "--bootstrap", bench.bootstrap,
+        "--topic", bench.pipeline.events_topic, "--out-topic", bench.output_topic(engine),
+        "--group", f"bench-{engine}-{uuid.uuid4().hex[:8]}", "--count", str(bench.events),
+        "--spec", str(bench.spec), "--batch", str(bench.batch),
+    ]  # fmt: skip
+    with log.open("wb") as err:
+        try:
+            done = subprocess.run(
+                command, cwd=PEERS_DIR, stdout=subprocess.PIPE, stderr=err,
+                timeout=bench.timeout, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ServiceError(
+                f"{engine}: no result after {bench.timeout:.0f}s; see {log}"
+            ) from None
+    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    if not lines:
+        raise ServiceError(f"{engine}: exited with code {done.returncode}; see {log}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    return RunResult(
+        int(report["count"]),
+        float(report["last"]) - float(report["first"]),
+        float(report["cpu_seconds"]),
+        float(report["peak_rss_mib"]),
+    )
+
+
+def _delete_groups(bootstrap: str, groups: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    for future in admin.delete_consumer_groups(groups, request_timeout=15).values():
+        with contextlib.suppress(Exception):  # a group that does not exist yet is fine
+            future.result()
+
+
+def peer_python(engine: str, folder: Path) -> str:
+    """The interpreter for a peer: this one, or Quix Streams' own virtual environment.
+
+    Quix Streams pins confluent-kafka below the version this project uses, so
+    it gets a virtual environment of its own, made once under ``folder``.
+    """
+    if engine != "quix":
+        return sys.executable
+    venv = folder / "quix-venv"
+    python = venv / "bin" / "python"
+    marker = venv / f".installed-{QUIX_REQUIREMENT}"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", QUIX_REQUIREMENT,
+             "fastavro", "onnxruntime", "numpy"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1:] or ["unknown error"]
+            raise ServiceError(f"quix: cannot install {QUIX_REQUIREMENT}: {tail[0]}")
+        marker.touch()
+    return str(python)

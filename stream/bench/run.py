@@ -1,0 +1,369 @@
+"""``stream bench``: every engine, back to back, on the same data and machine.
+
+Throughput: the events are produced once; each engine then reads them all,
+``runs`` times, and the table gives the median with the spread (min-max).
+Latency: the pipeline alone, fed at fixed shares of its measured maximum for
+a fixed time; end-to-end latency is the prediction's Kafka timestamp minus
+the event's.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from confluent_kafka.admin import NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from stream.bench.engines import (
+    ENGINES,
+    TITLES,
+    RunResult,
+    Workbench,
+    peer_python,
+    run_peer,
+    run_pipeline,
+)
+from stream.demo.data import train_demo_model
+from stream.demo.run import kafka
+from stream.errors import ServiceError, StreamError
+from stream.models.registry import ModelRegistry
+from stream.produce import PacedProducer
+from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
+from stream.services.readback import read_to_end
+from stream.services.topics import create_topics, ensure_topics, wait_for_broker
+from stream.services.worker_process import WorkerProcess
+from stream.settings import PipelineConfig, Settings
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    events: int = 300_000
+    runs: int = 3
+    partitions: int = 4
+    trees: int = 100
+    batch: int = 1000
+    format: Literal["avro", "json"] = "avro"
+    engines: tuple[str, ...] = ENGINES
+    latency: tuple[float, ...] = (0.1, 0.5, 0.8)
+    latency_seconds: float = 30.0
+    timeout: float = 900.0
+    json_path: Path | None = None
+
+
+@dataclass
+class EngineResults:
+    engine: str
+    runs: list[RunResult] = field(default_factory=list)
+    error: str | None = None
+
+    def median(self, attribute: str) -> float:
+        return float(statistics.median(getattr(r, attribute) for r in self.runs))
+
+    def spread(self, attribute: str) -> tuple[float, float]:
+        values = [float(getattr(r, attribute)) for r in self.runs]
+        return min(values), max(values)
+
+
+def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
+    unknown = set(options.engines) - set(ENGINES)
+    if unknown:
+        raise StreamError(f"--engines: unknown {sorted(unknown)}; choose from {list(ENGINES)}")
+    folder = settings.home / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    with kafka(settings, console) as bootstrap:
+        wait_for_broker({"bootstrap.servers": bootstrap})
+        bench = _prepare(settings, options, bootstrap, folder, console)
+        results = _throughput(bench, options, console)
+        latency = _latency(settings, bench, options, results, console)
+    report = _report(bench, options, results, latency)
+    _print(report, console)
+    if options.json_path is not None:
+        options.json_path.parent.mkdir(parents=True, exist_ok=True)
+        options.json_path.write_text(json.dumps(report, indent=2))
+        chart = options.json_path.with_suffix(".png")
+        _chart(report, chart)
+        console.print(f"results in {options.json_path}, chart in {chart}")
+    return report
+
+
+def _prepare(
+    settings: Settings, options: BenchOptions, bootstrap: str, folder: Path, console: Console
+) -> Workbench:
+    registry = ModelRegistry(folder / "registry")
+    with console.status(f"training the benchmark model ({options.trees} trees)…"):
+        onnx_bytes, manifest = train_demo_model("bench-model", "1", trees=options.trees)
+        registry.register(onnx_bytes, manifest)
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    pipeline = PipelineConfig.model_validate(
+        {
+            "name": name,
+            "model": {"name": "bench-model", "version": "1"},
+            "partitions": options.partitions,
+            "input": {"format": options.format},
+            "batch": {"max_size": options.batch, "max_wait_ms": 100},
+            "monitor": {"window_seconds": 10, "grace_seconds": 2},
+        }
+    )
+    files = {}
+    for engine, guarantee in (("pipeline", "at_least_once"), ("pipeline-eos", "exactly_once")):
+        path = folder / f"{engine}.yaml"
+        config = pipeline.model_dump(by_alias=True)
+        config["processing_guarantee"] = guarantee
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        files[engine] = path
+    spec = folder / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "pipeline": name,
+                "model": manifest.name,
+                "version": manifest.version,
+                "format": options.format,
+                "onnx": str(registry.folder(manifest.name, manifest.version) / "model.onnx"),
+                "input_name": manifest.input_name,
+                "output_name": manifest.output.probabilities,
+                "features": [
+                    {"name": f.name, "fill": f.fill, "categories": f.categories}
+                    for f in manifest.features
+                ],
+                "event_schema": load_schema(settings.schemas_dir, "payments_event.avsc"),
+                "prediction_schema": load_schema(settings.schemas_dir, "prediction.avsc"),
+            }
+        )
+    )
+    kafka_config = {"bootstrap.servers": bootstrap}
+    ensure_topics(kafka_config, [pipeline], settings.replication_factor)
+    create_topics(
+        kafka_config,
+        [
+            NewTopic(f"{name}.bench-{engine}", options.partitions, settings.replication_factor)
+            for engine in ENGINES
+            if not engine.startswith("pipeline")
+        ],
+    )
+    with console.status(f"producing {options.events:,} events to {pipeline.events_topic}…"):
+        report = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline)).run(
+            options.events, rate=0, seed=1
+        )
+    if report.failed:
+        raise ServiceError(f"{report.failed} benchmark events were not acknowledged")
+    console.print(
+        f"{options.events:,} events in {pipeline.events_topic} ({options.partitions} partitions, "
+        f"{options.format}); model: {options.trees} trees, {len(manifest.features)} features"
+    )
+    return Workbench(
+        bootstrap, folder, pipeline, files, registry.root, spec, options.events, options.batch,
+        options.timeout, len(manifest.features),
+    )  # fmt: skip
+
+
+def _serde(settings: Settings, pipeline: PipelineConfig) -> Serde:
+    if pipeline.input.format == "json":
+        return JsonSerde()
+    return AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file))
+
+
+def _throughput(
+    bench: Workbench, options: BenchOptions, console: Console
+) -> dict[str, EngineResults]:
+    results = {engine: EngineResults(engine) for engine in options.engines}
+    for run in range(options.runs):
+        for engine in options.engines:
+            outcome = results[engine]
+            if outcome.error is not None:
+                continue
+            with console.status(f"run {run + 1}/{options.runs}: {TITLES[engine]}…"):
+                try:
+                    if engine.startswith("pipeline"):
+                        result = run_pipeline(bench, engine, run)
+                    else:
+                        result = run_peer(bench, engine, peer_python(engine, bench.folder), run)
+                except ServiceError as exc:
+                    outcome.error = str(exc)
+                    console.print(f"[red]{engine} failed:[/] {exc}")
+                    continue
+            outcome.runs.append(result)
+            console.print(
+                f"run {run + 1}/{options.runs} {engine:<13} {result.events_per_s:>10,.0f} events/s"
+                f"  {result.cpu_per_1k:.3f} CPU s/1k  {result.peak_rss_mib:.0f} MiB"
+            )
+    return results
+
+
+def _latency(
+    settings: Settings,
+    bench: Workbench,
+    options: BenchOptions,
+    results: dict[str, EngineResults],
+    console: Console,
+) -> list[dict[str, Any]]:
+    measured = results.get("pipeline")
+    if not options.latency or measured is None or not measured.runs:
+        return []
+    top = measured.median("events_per_s")
+    rows = []
+    for share in options.latency:
+        rate = top * share
+        with console.status(f"latency at {share:.0%} of {top:,.0f} events/s…"):
+            rows.append(_latency_run(settings, bench, rate, share, options.latency_seconds))
+        row = rows[-1]
+        console.print(
+            f"latency at {share:.0%} ({row['rate']:,.0f}/s asked, {row['achieved_rate']:,.0f}/s "
+            f"sent): p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms"
+        )
+    return rows
+
+
+def _latency_run(
+    settings: Settings, bench: Workbench, rate: float, share: float, seconds: float
+) -> dict[str, Any]:
+    pipeline = bench.pipeline.with_overrides(name=f"{bench.pipeline.name}-l{int(share * 100)}")
+    path = bench.folder / f"{pipeline.name}.yaml"
+    path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True), sort_keys=False))
+    kafka_config = {"bootstrap.servers": bench.bootstrap}
+    ensure_topics(kafka_config, [pipeline], settings.replication_factor)
+    home = bench.folder / pipeline.name
+    worker = WorkerProcess(
+        path,
+        {
+            "STREAM_KAFKA_BOOTSTRAP": bench.bootstrap, "STREAM_HOME": str(home),
+            "STREAM_REGISTRY": str(bench.registry), "STREAM_LOG_LEVEL": "WARNING",
+            "STREAM_APP_ID": f"bench-{uuid.uuid4().hex[:8]}",
+        },
+        home / "worker.log",
+    ).start()  # fmt: skip
+    try:
+        worker.wait_ready()
+        count = max(1, int(rate * seconds))
+        started = time.monotonic()
+        sent = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline)).run(
+            count, rate=rate, seed=2
+        )
+        elapsed = time.monotonic() - started
+        worker.wait_until(
+            lambda s: s["pipelines"][pipeline.name]["engine"]["predictions"] >= sent.produced,
+            bench.timeout,
+            "every event scored",
+        )
+    finally:
+        worker.stop()
+    out = read_to_end(kafka_config, [pipeline.events_topic, pipeline.predictions_topic])
+    sent_at = {m.key(): m.timestamp()[1] for m in out[pipeline.events_topic]}
+    latency = np.array(
+        [m.timestamp()[1] - sent_at[m.key()] for m in out[pipeline.predictions_topic]],
+        dtype=np.float64,
+    )
+    return {
+        "share": share,
+        "rate": round(rate, 1),
+        "achieved_rate": round(sent.produced / elapsed, 1),
+        "events": int(latency.size),
+        "p50_ms": float(np.percentile(latency, 50)),
+        "p95_ms": float(np.percentile(latency, 95)),
+        "p99_ms": float(np.percentile(latency, 99)),
+        "max_ms": float(latency.max()),
+    }
+
+
+def _report(
+    bench: Workbench,
+    options: BenchOptions,
+    results: dict[str, EngineResults],
+    latency: list[dict[str, Any]],
+) -> dict[str, Any]:
+    bare = results.get("bare")
+    bare_rate = bare.median("events_per_s") if bare and bare.runs else None
+    engines: dict[str, Any] = {}
+    for engine, outcome in results.items():
+        entry: dict[str, Any] = {
+            "title": TITLES[engine],
+            "runs": [r.as_dict() for r in outcome.runs],
+        }
+        if outcome.error:
+            entry["error"] = outcome.error
+        if outcome.runs:
+            low, high = outcome.spread("events_per_s")
+            rate = outcome.median("events_per_s")
+            entry["median"] = {
+                "events_per_s": round(rate, 1),
+                "events_per_s_min": round(low, 1),
+                "events_per_s_max": round(high, 1),
+                "cpu_s_per_1k": round(outcome.median("cpu_per_1k"), 4),
+                "peak_rss_mib": round(outcome.median("peak_rss_mib"), 1),
+            }
+            entry["ratio_to_bare"] = round(rate / bare_rate, 3) if bare_rate else None
+        engines[engine] = entry
+    return {
+        "workload": {
+            "events": options.events, "runs": options.runs, "partitions": options.partitions,
+            "trees": options.trees, "batch": options.batch, "format": options.format,
+            "features": bench.features,
+        },
+        "engines": engines,
+        "latency": latency,
+    }  # fmt: skip
+
+
+def _print(report: dict[str, Any], console: Console) -> None:
+    table = Table(title="throughput: median of the runs (min-max)")
+    for column in ("engine", "events/s", "x bare", "CPU s / 1k events", "peak RSS MiB"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for entry in report["engines"].values():
+        median = entry.get("median")
+        if median is None:
+            table.add_row(entry["title"], entry.get("error", "no runs"), "", "", "")
+            continue
+        ratio = entry.get("ratio_to_bare")
+        table.add_row(
+            entry["title"],
+            f"{median['events_per_s']:,.0f} ({median['events_per_s_min']:,.0f}-"
+            f"{median['events_per_s_max']:,.0f})",
+            "" if ratio is None else f"{ratio:.2f}",
+            f"{median['cpu_s_per_1k']:.3f}",
+            f"{median['peak_rss_mib']:.0f}",
+        )
+    console.print(table)
+    if report["latency"]:
+        lat = Table(title="end-to-end latency of the pipeline at a fixed input rate")
+        for column in ("share of max", "events/s sent", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+            lat.add_column(column, justify="right")
+        for row in report["latency"]:
+            lat.add_row(
+                f"{row['share']:.0%}", f"{row['achieved_rate']:,.0f}",
+                *(f"{row[k]:.0f}" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+            )  # fmt: skip
+        console.print(lat)
+
+
+def _chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in report["engines"].values() if "median" in e]
+    names = [e["title"] for e in entries]
+    rates = [e["median"]["events_per_s"] for e in entries]
+    low = [r - e["median"]["events_per_s_min"] for r, e in zip(rates, entries, strict=True)]
+    high = [e["median"]["events_per_s_max"] - r for r, e in zip(rates, entries, strict=True)]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.5))
+    ax.barh(names, rates, xerr=[low, high], color="#4c72b0")
+    ax.invert_yaxis()
+    ax.set_xlabel("events/s (median, min-max)")
+    workload = report["workload"]
+    ax.set_title(
+        f"{workload['events']:,} events, {workload['runs']} runs, {workload['trees']} trees, "
+        f"batch {workload['batch']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
