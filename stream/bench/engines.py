@@ -44,6 +44,7 @@ class RunResult:
     seconds: float
     cpu_seconds: float
     peak_rss_mib: float
+    cpu_events: int | None = None  # events the CPU seconds cover, when not all of them
 
     @property
     def events_per_s(self) -> float:
@@ -51,7 +52,8 @@ class RunResult:
 
     @property
     def cpu_per_1k(self) -> float:
-        return self.cpu_seconds / self.events * 1000 if self.events else 0.0
+        events = self.events if self.cpu_events is None else self.cpu_events
+        return self.cpu_seconds / events * 1000 if events else 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -89,7 +91,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
-    """A `stream worker`, timed from its first scored event to the last, by its status page."""
+    """A `stream worker`, timed by its status page from its partition assignment to the end."""
     group = bench.pipeline.engine_group
     _delete_groups(bench.bootstrap, [group])  # read the topic from the start again
     home = bench.folder / f"{engine}-{run}"
@@ -107,20 +109,19 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
     try:
         pid = worker.pid
         assert pid is not None
-        first: tuple[float, float, int] | None = None
+        first: tuple[float, int] | None = None  # (CPU seconds, events done) at the first look
         deadline = time.monotonic() + bench.timeout
         while True:
             status = worker.wait_until(lambda s: True, bench.timeout, "status")
             counters = status["pipelines"][bench.pipeline.name]["engine"]
             done = int(counters["predictions"]) + int(counters["dead_letters"])
-            now = time.monotonic()
-            if first is None and done > 0:
-                first = (now, _cpu_seconds(pid), done)
+            if first is None and counters["ready"]:
+                first = (_cpu_seconds(pid), done)
             if done >= bench.events and first is not None:
-                cpu = _cpu_seconds(pid)
+                finished, cpu = time.time(), _cpu_seconds(pid)
                 peak = worker.memory_mib()["peak"]
                 break
-            if now > deadline:
+            if time.monotonic() > deadline:
                 raise ServiceError(
                     f"{engine}: {done} of {bench.events} events after {bench.timeout:.0f}s; "
                     f"see {worker.log_path}"
@@ -130,8 +131,16 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
         code = worker.stop()
     if code not in (0, None):
         raise ServiceError(f"{engine}: worker exited with code {code}; see {worker.log_path}")
-    started, cpu_started, done_at_start = first
-    return RunResult(bench.events - done_at_start, now - started, cpu - cpu_started, peak)
+    # Time from the partition assignment, when the engine starts to fetch; CPU from the
+    # first look at the status page, over the events scored since (all, in a long run).
+    cpu_started, done_at_first_look = first
+    return RunResult(
+        bench.events,
+        finished - float(counters["assigned_at"]),
+        cpu - cpu_started,
+        peak,
+        cpu_events=bench.events - done_at_first_look,
+    )
 
 
 def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
@@ -173,17 +182,18 @@ def _delete_groups(bootstrap: str, groups: list[str]) -> None:
             future.result()
 
 
-def peer_python(engine: str, folder: Path) -> str:
+def peer_python(engine: str) -> str:
     """The interpreter for a peer: this one, or Quix Streams' own virtual environment.
 
     Quix Streams pins confluent-kafka below the version this project uses, so
-    it gets a virtual environment of its own, made once under ``folder``.
+    it gets a virtual environment of its own, made once in the cache folder.
     """
     if engine != "quix":
         return sys.executable
-    venv = folder / "quix-venv"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    venv = cache / "stream" / f"bench-{QUIX_REQUIREMENT.replace('==', '-')}"
     python = venv / "bin" / "python"
-    marker = venv / f".installed-{QUIX_REQUIREMENT}"
+    marker = venv / ".installed"
     if not marker.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         done = subprocess.run(

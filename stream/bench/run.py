@@ -186,7 +186,7 @@ def _throughput(
                     if engine.startswith("pipeline"):
                         result = run_pipeline(bench, engine, run)
                     else:
-                        result = run_peer(bench, engine, peer_python(engine, bench.folder), run)
+                        result = run_peer(bench, engine, peer_python(engine), run)
                 except ServiceError as exc:
                     outcome.error = str(exc)
                     console.print(f"[red]{engine} failed:[/] {exc}")
@@ -266,6 +266,7 @@ def _latency_run(
         "share": share,
         "rate": round(rate, 1),
         "achieved_rate": round(sent.produced / elapsed, 1),
+        "sent": sent.produced,
         "events": int(latency.size),
         "p50_ms": float(np.percentile(latency, 50)),
         "p95_ms": float(np.percentile(latency, 95)),

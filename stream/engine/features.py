@@ -38,11 +38,13 @@ class FeatureBuilder:
         self.manifest = manifest
         self.event_id_field = event_id_field
         self.event_time_field = event_time_field
-        self._plan: list[tuple[str, bool, dict[str, int] | None]] = [
+        self._plan: list[tuple[str, bool, dict[str, float] | None]] = [
             (
                 f.name,
                 f.nullable,
-                {c: i for i, c in enumerate(f.categories)} if f.type == "categorical" else None,
+                {c: float(i) for i, c in enumerate(f.categories)}
+                if f.type == "categorical"
+                else None,
             )
             for f in manifest.features
         ]
@@ -65,33 +67,52 @@ class FeatureBuilder:
                     )
                 event_time = raw_time
         values: list[float] = []
+        append = values.append
+        get = record.get
         for name, nullable, categories in self._plan:
-            value = record.get(name, _MISSING)
-            if value is None or value is _MISSING:
-                if not nullable:
-                    raise ValidationError(f"{name}: {'missing' if value is _MISSING else 'null'}")
-                values.append(math.nan)
-            elif categories is not None:
-                index = categories.get(value) if isinstance(value, str) else None
-                if index is None:
-                    raise ValidationError(
-                        f"{name}: unknown category {value!r:.60} "
-                        f"(expected one of {sorted(categories)})"
-                    )
-                values.append(float(index))
-            elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValidationError(f"{name}: expected a number, got {type(value).__name__}")
-            else:
-                try:
-                    number = float(value)
-                except OverflowError:
-                    raise ValidationError(f"{name}: number out of range") from None
-                if not math.isfinite(number):
-                    raise ValidationError(f"{name}: not a finite number ({value!r})")
-                if abs(number) > FLOAT32_MAX:
-                    raise ValidationError(f"{name}: {value!r} is beyond the model's float32 range")
-                values.append(number)
+            value = get(name, _MISSING)
+            # The common cases first, with one check each: a float within float32's
+            # range (the chained comparison is false for NaN and infinity too), and
+            # a known category. Everything else takes the careful path.
+            if categories is None:
+                if type(value) is float and -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                    append(value)
+                    continue
+            elif type(value) is str:
+                index = categories.get(value)
+                if index is not None:
+                    append(index)
+                    continue
+            append(self._checked(name, nullable, categories, value))
         return EventRow(event_id, event_time, values)
+
+    @staticmethod
+    def _checked(
+        name: str, nullable: bool, categories: dict[str, float] | None, value: Any
+    ) -> float:
+        """The value of one feature that is not a plain in-range float or known category."""
+        if value is None or value is _MISSING:
+            if not nullable:
+                raise ValidationError(f"{name}: {'missing' if value is _MISSING else 'null'}")
+            return math.nan
+        if categories is not None:
+            index = categories.get(value) if isinstance(value, str) else None
+            if index is None:
+                raise ValidationError(
+                    f"{name}: unknown category {value!r:.60} (expected one of {sorted(categories)})"
+                )
+            return index
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"{name}: expected a number, got {type(value).__name__}")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValidationError(f"{name}: number out of range") from None
+        if not math.isfinite(number):
+            raise ValidationError(f"{name}: not a finite number ({value!r})")
+        if abs(number) > FLOAT32_MAX:
+            raise ValidationError(f"{name}: {value!r} is beyond the model's float32 range")
+        return number
 
     def matrix(self, rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
         """(raw values with NaN for nulls, float32 model input with nulls filled)."""

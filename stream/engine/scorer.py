@@ -43,6 +43,7 @@ class EngineCounters:
     revision: int = 0
     last_scored_ms: int = 0
     assigned: list[str] = field(default_factory=list)
+    assigned_at: float = 0.0  # wall clock of the latest assignment, seconds
     lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -212,35 +213,40 @@ class BatchScorer:
         topic = self.pipeline.shadow_topic if shadow else self.pipeline.predictions_topic
         latencies = np.empty(len(accepted), dtype=np.float64)
         reviews = 0
+        # Whole columns to Python once per batch, not one numpy scalar at a time.
+        label_indexes = prediction.label_index.tolist()
+        scores = prediction.score.tolist()
+        confidences = prediction.confidence.tolist()
+        probabilities = prediction.probabilities.tolist()
+        serialize, produce = self.serdes.predictions.serialize, self.writer.produce
         for i, ((record, _, variant), row) in enumerate(accepted):
+            key = record.key()
             event_time = row.event_time_ms
             if event_time is None:
                 event_time = record.timestamp()[1]
             latency_ms = float(max(now_ms - event_time, 0))
             latencies[i] = latency_ms
-            label_index = int(prediction.label_index[i])
-            score = float(prediction.score[i])
-            confidence = float(prediction.confidence[i])
+            label_index = label_indexes[i]
+            score = scores[i]
+            confidence = confidences[i]
             label = labels[label_index] if label_index >= 0 else repr(score)
             out = {
                 "event_id": row.event_id,
-                "key": record.key(),
+                "key": key,
                 "pipeline": self.pipeline.name,
                 "model_name": manifest.name,
                 "model_version": manifest.version,
                 "variant": variant,
                 "label": label,
                 "score": score,
-                "probabilities": prediction.probabilities[i].tolist(),
+                "probabilities": probabilities[i],
                 "confidence": confidence,
                 "event_time": event_time,
                 "scored_time": now_ms,
                 "latency_ms": latency_ms,
                 "inference_ms": inference_ms,
             }
-            self.writer.produce(
-                topic, self.serdes.predictions.serialize(out, self._pred_ctx), key=record.key()
-            )
+            produce(topic, serialize(out, self._pred_ctx), key=key)
             if not shadow and confidence < threshold:
                 reviews += 1
                 self._review(record, out, threshold)

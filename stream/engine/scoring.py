@@ -326,6 +326,7 @@ class ScoringEngine(BackgroundLoop):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._owned = {(p.topic, p.partition) for p in partitions}
         self.counters.assigned = sorted(f"{p.topic}[{p.partition}]" for p in partitions)
+        self.counters.assigned_at = time.time()
         log.info("%s engine assigned %s", self.pipeline.name, self.counters.assigned)
         self.ready.set()
 

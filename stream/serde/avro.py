@@ -69,8 +69,10 @@ class AvroSerde:
         if self._registry is not None:
             writer = self._writer_schema(data)
             buf.seek(_WIRE_HEADER.size)
+        # Same writer and reader schema: no resolution to do (fastavro is much faster so).
+        reader = None if writer is self.schema else self.schema
         try:
-            record = schemaless_reader(buf, writer, self.schema)
+            record = schemaless_reader(buf, writer, reader)
         except (EOFError, StopIteration):
             raise ValueDecodeError("truncated Avro payload") from None
         except Exception as exc:  # fastavro raises many types for bad bytes

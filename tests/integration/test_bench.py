@@ -1,0 +1,48 @@
+"""`stream bench` in smoke mode: every engine runs end to end on a tiny workload.
+
+Behaviour only: that each engine reads every event and the report has its
+fields. The figures themselves belong to the benchmark, not to a test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from stream.bench.engines import ENGINES
+from stream.bench.run import BenchOptions, run_bench
+from stream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke_runs_every_engine_and_writes_its_report(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = Settings(home=tmp_path / "home", kafka_bootstrap=kafka_bootstrap)
+    out = io.StringIO()
+    report = run_bench(
+        settings,
+        BenchOptions(
+            events=1000, runs=1, partitions=2, trees=10, latency=(0.5,), latency_seconds=2,
+            timeout=300, json_path=tmp_path / "bench.json",
+        ),
+        Console(file=out, width=200),
+    )  # fmt: skip
+    for engine in ENGINES:
+        entry = report["engines"][engine]
+        assert "error" not in entry, entry.get("error")
+        (run,) = entry["runs"]
+        assert run["events"] > 0 and run["events_per_s"] > 0, engine
+        assert entry["ratio_to_bare"] > 0
+    assert report["engines"]["bare"]["ratio_to_bare"] == 1.0
+    (latency,) = report["latency"]
+    assert latency["events"] == latency["sent"] > 0, "a latency for every event sent"
+    assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert json.loads((tmp_path / "bench.json").read_text()) == report
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "this pipeline, every feature on" in out.getvalue()
