@@ -37,6 +37,8 @@ class OutputWriter:
         self._lock = threading.Lock()
         self._failures: list[str] = []
         self.produced = 0
+        self._send = producer.produce  # looked up once: produce() runs once per output
+        self._callback = self._on_delivery
 
     def produce(
         self,
@@ -47,9 +49,7 @@ class OutputWriter:
     ) -> None:
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
-                )
+                self._send(topic, value, key, headers=headers, on_delivery=self._callback)
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports until there is room.

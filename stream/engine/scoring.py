@@ -77,6 +77,8 @@ class ScoringEngine(BackgroundLoop):
             "linger.ms": 5,
             "compression.type": "lz4",
             "enable.idempotence": True,
+            # A Python callback for failures only; success is what flush() waits for.
+            "delivery.report.only.error": True,
             "queue.buffering.max.messages": 500_000,
             "client.id": f"{self.worker_id}-engine",
         }
