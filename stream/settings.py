@@ -113,7 +113,7 @@ class InputSpec(_Frozen):
 
 class BatchSpec(_Frozen):
     max_size: int = Field(1000, gt=0)
-    max_wait_ms: int = Field(100, ge=0)
+    max_wait_ms: int = Field(5, ge=0)
 
 
 class MonitorSpec(_Frozen):

@@ -109,7 +109,7 @@ def _prepare(
             "model": {"name": "bench-model", "version": "1"},
             "partitions": options.partitions,
             "input": {"format": options.format},
-            "batch": {"max_size": options.batch, "max_wait_ms": 100},
+            "batch": {"max_size": options.batch},
             "monitor": {"window_seconds": 10, "grace_seconds": 2},
         }
     )
