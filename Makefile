@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit fuzz integration kafka-jars prerequisites clean
+.PHONY: demo test lint unit fuzz bench integration kafka-jars prerequisites clean
 
 demo: $(VENV)/.installed-train prerequisites
 	$(BIN)/stream demo
@@ -12,8 +12,8 @@ test: $(VENV)/.installed-test prerequisites lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check stream tests
-	$(BIN)/ruff format --check stream tests
+	$(BIN)/ruff check stream tests bench
+	$(BIN)/ruff format --check stream tests bench
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-test
@@ -22,6 +22,10 @@ unit: $(VENV)/.installed-test
 # The bad-input properties at scale: about 20 s and 22,000 generated events per 1,000 examples.
 fuzz: $(VENV)/.installed-test
 	STREAM_FUZZ_EXAMPLES=$${STREAM_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -q -s tests/unit/test_bad_input_properties.py
+
+# Every engine on the same data, 3 runs each, then latency at 10/50/80% of the max.
+bench: $(VENV)/.installed-test prerequisites
+	$(BIN)/stream bench --json .stream/bench/results.json
 
 integration: $(VENV)/.installed-test prerequisites
 	$(BIN)/python -m pytest tests/integration

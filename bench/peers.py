@@ -12,7 +12,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import time
 from typing import Any
 
@@ -91,6 +90,16 @@ def arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). getrusage's ru_maxrss would count the parent's
+    peak too: Linux keeps it across fork and exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Meter:
     """First event in, last output acknowledged, CPU seconds between them, peak RSS."""
 
@@ -111,7 +120,7 @@ class Meter:
                 "first": self.first,
                 "last": time.time(),
                 "cpu_seconds": time.process_time() - self.cpu_first,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mib": peak_rss_mib(),
             }
         )
         os.write(1, (line + "\n").encode())  # fd 1 itself: faust redirects sys.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,12 +68,29 @@ class PacedProducer:
         malformed_share: float = 0.0,
         progress: Callable[[int], None] | None = None,
     ) -> ProduceReport:
-        rng = np.random.default_rng(seed)
         report = ProduceReport()
-        started = time.monotonic()
-        chunk = 200
-        sent = 0
-        for events_chunk in self._chunks(count, chunk, rng, drift, drift_from):
+        chunks = self._payloads(count, seed, drift, drift_from, malformed_share, report)
+        return self._send(chunks, rate, report, progress)
+
+    def prepare(self, count: int, seed: int = 1) -> list[list[tuple[bytes, bytes]]]:
+        """(key, payload) chunks made up front, so ``send`` costs little more than produce."""
+        return list(self._payloads(count, seed, None, None, 0.0, ProduceReport()))
+
+    def send(self, chunks: list[list[tuple[bytes, bytes]]], rate: float) -> ProduceReport:
+        return self._send(chunks, rate, ProduceReport(), None)
+
+    def _payloads(
+        self,
+        count: int,
+        seed: int,
+        drift: Mapping[str, float] | None,
+        drift_from: int | None,
+        malformed_share: float,
+        report: ProduceReport,
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        rng = np.random.default_rng(seed)
+        for events_chunk in self._chunks(count, 200, rng, drift, drift_from):
+            chunk = []
             for event in events_chunk:
                 if malformed_share and rng.random() < malformed_share:
                     kind, payload = malformed_payload(event, self.serde, self._ctx, rng)
@@ -81,11 +98,25 @@ class PacedProducer:
                     report.malformed_kinds[kind] = report.malformed_kinds.get(kind, 0) + 1
                 else:
                     payload = self.serde.serialize(event, self._ctx)
-                self._produce(event["event_id"].encode(), payload)
-            sent += len(events_chunk)
+                chunk.append((event["event_id"].encode(), payload))
+            yield chunk
+
+    def _send(
+        self,
+        chunks: Iterable[list[tuple[bytes, bytes]]],
+        rate: float,
+        report: ProduceReport,
+        progress: Callable[[int], None] | None,
+    ) -> ProduceReport:
+        started = time.monotonic()
+        sent = 0
+        for chunk in chunks:
+            for key, payload in chunk:
+                self._produce(key, payload)
+            sent += len(chunk)
             self._producer.poll(0)
             if progress:
-                progress(len(events_chunk))
+                progress(len(chunk))
             if rate > 0:
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
