@@ -33,6 +33,7 @@ from stream.monitor.windows import (
     LATENCY_COLUMNS,
     ClosedWindow,
     Partial,
+    count_due,
     drift_rows,
     due_windows,
     latency_row,
@@ -160,28 +161,34 @@ class MonitorAgent:
         state["watermark"] = max(int(state["watermark"]), self._watermark)
         grace_ms = int(self.pipeline.monitor.grace_seconds * 1000)
         pipeline, model, version = key.split("|", 2)
-        due = due_windows(state, (pipeline, model, version), grace_ms)
-        written = 0
-        if self.sink.wait_seconds() == 0:  # no write while the sink holds tries back
-            for window in due:
-                try:
-                    await self._write(window)
-                except Exception as exc:
-                    # Keep the window in the table; a later turn writes it.
-                    self.write_failures += 1
-                    if not isinstance(exc, SinkUnavailable):
-                        log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
-                    break
-                mark_closed(state, window)
-                written += 1
-                self.windows_written += 1
-                self.closed_until[key] = int(state["closed_until"])
-        if written:
-            self.table[key] = state
-        self.unwritten[key] = len(due) - written
+        if self.sink.wait_seconds() > 0:  # no write while the sink holds tries back
+            self.unwritten[key] = count_due(state, grace_ms)
+        else:
+            self.unwritten[key] = await self._write_due(key, state, (pipeline, model, version))
         self.open_events[key] = sum(
             int(entry["stats"]["count"]) for entry in state["open"].values() if entry["stats"]
         )
+
+    async def _write_due(self, key: str, state: dict[str, Any], ident: tuple[str, str, str]) -> int:
+        """Write the due windows of ``key`` oldest first; return how many are left unwritten."""
+        due = due_windows(state, ident, int(self.pipeline.monitor.grace_seconds * 1000))
+        written = 0
+        for window in due:
+            try:
+                await self._write(window)
+            except Exception as exc:
+                # Keep the window in the table; a later turn writes it.
+                self.write_failures += 1
+                if not isinstance(exc, SinkUnavailable):
+                    log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
+                break
+            mark_closed(state, window)
+            written += 1
+            self.windows_written += 1
+            self.closed_until[key] = int(state["closed_until"])
+        if written:
+            self.table[key] = state
+        return len(due) - written
 
     def _manifest(self, model: str, version: str) -> ModelManifest:
         manifest = self._manifests.get((model, version))

@@ -124,6 +124,16 @@ def merge_partial(state: dict[str, Any], partial: Partial) -> str:
     return "merged"
 
 
+def _is_due(start: str, entry: dict[str, Any], watermark: int, grace_ms: int) -> bool:
+    return int(start) + int(entry["window_ms"]) + grace_ms <= watermark
+
+
+def count_due(state: dict[str, Any], grace_ms: int) -> int:
+    """How many open windows are due, without building them (for waiting while unwritten)."""
+    watermark = int(state["watermark"])
+    return sum(_is_due(start, e, watermark, grace_ms) for start, e in state["open"].items())
+
+
 def due_windows(
     state: dict[str, Any], key: tuple[str, str, str], grace_ms: int
 ) -> list[ClosedWindow]:
@@ -132,8 +142,8 @@ def due_windows(
     watermark = int(state["watermark"])
     due = []
     for start, entry in sorted(state["open"].items(), key=lambda kv: int(kv[0])):
-        end = int(start) + int(entry["window_ms"])
-        if end + grace_ms <= watermark:
+        if _is_due(start, entry, watermark, grace_ms):
+            end = int(start) + int(entry["window_ms"])
             due.append(
                 ClosedWindow(
                     pipeline, model, version, int(start), end, int(entry["revision"]),
