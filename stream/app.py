@@ -30,8 +30,9 @@ class EngineService(Service):
     """Watches the scoring engines for as long as the faust app runs, and stops them with it.
 
     The engines start before the app (scoring does not wait for faust's
-    rebalances). An engine that stops on an error crashes the app, so the
-    worker process exits non-zero and its supervisor restarts it.
+    rebalances). An engine or the control watcher that failed, ended or
+    stalled, or a monitor agent gone silent, crashes the app, so the worker
+    process exits non-zero and its supervisor restarts it.
     """
 
     def __init__(
@@ -64,7 +65,9 @@ class EngineService(Service):
     @Service.task
     async def _watch(self) -> None:
         while not self.should_stop:
-            for trouble, failure in self.troubles()[:1]:
+            troubles = self.troubles()
+            if troubles:
+                trouble, failure = troubles[0]
                 log.critical("%s; stopping the worker so that it is restarted", trouble)
                 await self.crash(failure or RuntimeError(trouble))
                 return
@@ -143,7 +146,7 @@ def create_app(
         if not sink.available:
             degraded.append(f"ClickHouse does not take writes: {sink.last_error}")
         degraded += [
-            f"monitor of {name} is not reading partials: {m.status()['unwritten_windows']} "
+            f"monitor of {name} is not reading partials: {sum(m.unwritten.values())} "
             "closed windows wait for ClickHouse"
             for name, m in monitors.items()
             if m.paused_since is not None
