@@ -55,6 +55,7 @@ class BenchOptions:
     engines: tuple[str, ...] = ENGINES
     latency: tuple[float, ...] = (0.1, 0.5, 0.8)
     latency_seconds: float = 30.0
+    scale: int = 0  # scaling mode: 1 … scale worker processes on the same partitions
     timeout: float = 900.0
     json_path: Path | None = None
 
@@ -84,7 +85,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         bench = _prepare(settings, options, bootstrap, folder, console)
         results = _throughput(bench, options, console)
         latency = _latency(settings, bench, options, results, console)
-    report = _report(bench, options, results, latency)
+        scaling = [_scaling_run(settings, bench, n, console) for n in range(1, options.scale + 1)]
+    report = _report(bench, options, results, latency, scaling)
     _print(report, console)
     if options.json_path is not None:
         options.json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,11 +282,87 @@ def _latency_run(
     }
 
 
+def _scaling_run(
+    settings: Settings, bench: Workbench, workers: int, console: Console
+) -> dict[str, Any]:
+    """``workers`` processes share a fresh topic; the events go in once all own partitions.
+
+    Timed from the first event produced to the last one scored, so that no
+    worker starts early while the others still join the group.
+    """
+    pipeline = bench.pipeline.with_overrides(name=f"{bench.pipeline.name}-x{workers}")
+    path = bench.folder / f"{pipeline.name}.yaml"
+    path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True), sort_keys=False))
+    kafka_config = {"bootstrap.servers": bench.bootstrap}
+    ensure_topics(kafka_config, [pipeline], settings.replication_factor)
+    producer = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline))
+    chunks = producer.prepare(bench.events, seed=3)
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    processes = [
+        WorkerProcess(
+            path,
+            {
+                "STREAM_KAFKA_BOOTSTRAP": bench.bootstrap,
+                "STREAM_HOME": str(bench.folder / pipeline.name / str(i)),
+                "STREAM_REGISTRY": str(bench.registry), "STREAM_LOG_LEVEL": "WARNING",
+                "STREAM_APP_ID": app_id,
+            },
+            bench.folder / pipeline.name / f"worker-{i}.log",
+        ).start()
+        for i in range(workers)
+    ]  # fmt: skip
+    wanted = min(workers, pipeline.partitions)
+
+    def engine(status: dict[str, Any]) -> dict[str, Any]:
+        return dict(status["pipelines"][pipeline.name]["engine"])
+
+    def statuses() -> list[dict[str, Any]]:
+        return [w.wait_until(lambda s: True, bench.timeout, "status") for w in processes]
+
+    try:
+        with console.status(f"scaling: {workers} workers joining…"):
+            deadline = time.monotonic() + bench.timeout
+            while True:
+                owned = [len(engine(s)["assigned"]) for s in statuses()]
+                if sum(owned) == pipeline.partitions and sum(1 for n in owned if n) == wanted:
+                    break
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"scaling: {workers} workers did not share the partitions")
+                time.sleep(0.2)
+        with console.status(f"scaling: {workers} workers scoring {bench.events:,} events…"):
+            started = time.monotonic()
+            producer.send(chunks, rate=0)
+            while True:
+                done = [engine(s)["predictions"] + engine(s)["dead_letters"] for s in statuses()]
+                if sum(done) >= bench.events:
+                    break
+                if time.monotonic() - started > bench.timeout:
+                    raise ServiceError(f"scaling: {sum(done)} of {bench.events} events scored")
+                time.sleep(0.05)
+            seconds = time.monotonic() - started
+    finally:
+        for worker in processes:
+            worker.stop()
+    rate = bench.events / seconds
+    console.print(
+        f"scaling: {workers} workers {rate:,.0f} events/s ({rate / workers:,.0f} per process)"
+    )
+    return {
+        "workers": workers,
+        "events": bench.events,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(rate, 1),
+        "events_per_s_per_worker": round(rate / workers, 1),
+        "events_per_worker": done,
+    }
+
+
 def _report(
     bench: Workbench,
     options: BenchOptions,
     results: dict[str, EngineResults],
     latency: list[dict[str, Any]],
+    scaling: list[dict[str, Any]],
 ) -> dict[str, Any]:
     bare = results.get("bare")
     bare_rate = bare.median("events_per_s") if bare and bare.runs else None
@@ -316,6 +394,7 @@ def _report(
         },
         "engines": engines,
         "latency": latency,
+        "scaling": scaling,
     }  # fmt: skip
 
 
@@ -350,6 +429,17 @@ def _print(report: dict[str, Any], console: Console) -> None:
                 f"{row['rss_start_mib']:.0f}/{row['rss_end_mib']:.0f}",
             )  # fmt: skip
         console.print(lat)
+    if report["scaling"]:
+        scale = Table(title="scaling: worker processes on the same partitions")
+        for column in ("workers", "events/s", "events/s per process", "events per process"):
+            scale.add_column(column, justify="right")
+        for row in report["scaling"]:
+            scale.add_row(
+                str(row["workers"]), f"{row['events_per_s']:,.0f}",
+                f"{row['events_per_s_per_worker']:,.0f}",
+                " / ".join(f"{n:,}" for n in row["events_per_worker"]),
+            )  # fmt: skip
+        console.print(scale)
 
 
 def _chart(report: dict[str, Any], path: Path) -> None:

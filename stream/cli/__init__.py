@@ -178,6 +178,9 @@ def bench(
         typer.Option(help="Shares of the pipeline's max rate for the latency runs; '' for none."),
     ] = "0.1,0.5,0.8",
     latency_seconds: Annotated[float, typer.Option(min=1, help="Length of each latency run.")] = 30,
+    scale: Annotated[
+        int, typer.Option(min=0, help="Scaling mode: 1 … N worker processes; 0 for none.")
+    ] = 0,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the results here, and a PNG chart beside.")
     ] = None,
@@ -201,7 +204,7 @@ def bench(
             events=events, runs=runs, partitions=partitions, trees=trees, batch=batch,
             format=format,  # type: ignore[arg-type]
             engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
-            latency=shares, latency_seconds=latency_seconds, json_path=json_file,
+            latency=shares, latency_seconds=latency_seconds, scale=scale, json_path=json_file,
         ),
         console,
     )  # fmt: skip

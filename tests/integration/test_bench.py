@@ -29,7 +29,7 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
         settings,
         BenchOptions(
             events=1000, runs=1, partitions=2, trees=10, latency=(0.5,), latency_seconds=2,
-            timeout=300, json_path=tmp_path / "bench.json",
+            scale=2, timeout=300, json_path=tmp_path / "bench.json",
         ),
         Console(file=out, width=200),
     )  # fmt: skip
@@ -43,6 +43,10 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     (latency,) = report["latency"]
     assert latency["events"] == latency["sent"] > 0, "a latency for every event sent"
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    one, two = report["scaling"]
+    assert (one["workers"], two["workers"]) == (1, 2)
+    assert len(two["events_per_worker"]) == 2 and all(two["events_per_worker"]), "both scored"
+    assert sum(two["events_per_worker"]) >= 1000 and two["events_per_s"] > 0
     assert json.loads((tmp_path / "bench.json").read_text()) == report
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "this pipeline, every feature on" in out.getvalue()
