@@ -83,6 +83,17 @@ class Workbench:
     def output_topic(self, engine: str) -> str:
         return f"{self.pipeline.name}.bench-{engine}"
 
+    def worker(self, pipeline_file: Path, home: Path, app_id: str | None = None) -> WorkerProcess:
+        """A started `stream worker` with a state folder (and embedded ClickHouse) of its own."""
+        env = {
+            "STREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "STREAM_HOME": str(home),
+            "STREAM_REGISTRY": str(self.registry),
+            "STREAM_APP_ID": app_id or f"bench-{uuid.uuid4().hex[:8]}",
+            "STREAM_LOG_LEVEL": "WARNING",
+        }
+        return WorkerProcess(pipeline_file, env, home / "worker.log").start()
+
 
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
@@ -94,18 +105,7 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
     """A `stream worker`, timed by its status page once it is fully up, to its last event."""
     group = bench.pipeline.engine_group
     _delete_groups(bench.bootstrap, [group])  # read the topic from the start again
-    home = bench.folder / f"{engine}-{run}"
-    worker = WorkerProcess(
-        bench.pipeline_files[engine],
-        {
-            "STREAM_KAFKA_BOOTSTRAP": bench.bootstrap,
-            "STREAM_HOME": str(home),
-            "STREAM_REGISTRY": str(bench.registry),
-            "STREAM_APP_ID": f"bench-{uuid.uuid4().hex[:8]}",
-            "STREAM_LOG_LEVEL": "WARNING",
-        },
-        home / "worker.log",
-    ).start()
+    worker = bench.worker(bench.pipeline_files[engine], bench.folder / f"{engine}-{run}")
     try:
         pid = worker.pid
         assert pid is not None

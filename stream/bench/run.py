@@ -40,7 +40,6 @@ from stream.produce import PacedProducer
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
 from stream.services.readback import read_to_end
 from stream.services.topics import create_topics, ensure_topics, wait_for_broker
-from stream.services.worker_process import WorkerProcess
 from stream.settings import PipelineConfig, Settings
 
 
@@ -225,24 +224,23 @@ def _latency(
     return rows
 
 
+def _fresh_pipeline(
+    settings: Settings, bench: Workbench, suffix: str
+) -> tuple[PipelineConfig, Path]:
+    """The bench pipeline under a new name, so with empty topics of its own, and its file."""
+    pipeline = bench.pipeline.with_overrides(name=f"{bench.pipeline.name}-{suffix}")
+    path = bench.folder / f"{pipeline.name}.yaml"
+    path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True), sort_keys=False))
+    ensure_topics({"bootstrap.servers": bench.bootstrap}, [pipeline], settings.replication_factor)
+    return pipeline, path
+
+
 def _latency_run(
     settings: Settings, bench: Workbench, rate: float, share: float, seconds: float
 ) -> dict[str, Any]:
-    pipeline = bench.pipeline.with_overrides(name=f"{bench.pipeline.name}-l{int(share * 100)}")
-    path = bench.folder / f"{pipeline.name}.yaml"
-    path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True), sort_keys=False))
+    pipeline, path = _fresh_pipeline(settings, bench, f"l{int(share * 100)}")
     kafka_config = {"bootstrap.servers": bench.bootstrap}
-    ensure_topics(kafka_config, [pipeline], settings.replication_factor)
-    home = bench.folder / pipeline.name
-    worker = WorkerProcess(
-        path,
-        {
-            "STREAM_KAFKA_BOOTSTRAP": bench.bootstrap, "STREAM_HOME": str(home),
-            "STREAM_REGISTRY": str(bench.registry), "STREAM_LOG_LEVEL": "WARNING",
-            "STREAM_APP_ID": f"bench-{uuid.uuid4().hex[:8]}",
-        },
-        home / "worker.log",
-    ).start()  # fmt: skip
+    worker = bench.worker(path, bench.folder / pipeline.name)
     # Payloads made before the clock starts: the load generator shares the machine's
     # cores with the worker and the broker, so it should take as little as it can.
     producer = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline))
@@ -290,27 +288,14 @@ def _scaling_run(
     Timed from the first event produced to the last one scored, so that no
     worker starts early while the others still join the group.
     """
-    pipeline = bench.pipeline.with_overrides(name=f"{bench.pipeline.name}-x{workers}")
-    path = bench.folder / f"{pipeline.name}.yaml"
-    path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True), sort_keys=False))
+    pipeline, path = _fresh_pipeline(settings, bench, f"x{workers}")
     kafka_config = {"bootstrap.servers": bench.bootstrap}
-    ensure_topics(kafka_config, [pipeline], settings.replication_factor)
     producer = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline))
     chunks = producer.prepare(bench.events, seed=3)
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     processes = [
-        WorkerProcess(
-            path,
-            {
-                "STREAM_KAFKA_BOOTSTRAP": bench.bootstrap,
-                "STREAM_HOME": str(bench.folder / pipeline.name / str(i)),
-                "STREAM_REGISTRY": str(bench.registry), "STREAM_LOG_LEVEL": "WARNING",
-                "STREAM_APP_ID": app_id,
-            },
-            bench.folder / pipeline.name / f"worker-{i}.log",
-        ).start()
-        for i in range(workers)
-    ]  # fmt: skip
+        bench.worker(path, bench.folder / pipeline.name / str(i), app_id) for i in range(workers)
+    ]
     wanted = min(workers, pipeline.partitions)
 
     def engine(status: dict[str, Any]) -> dict[str, Any]:
