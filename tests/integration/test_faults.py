@@ -186,9 +186,10 @@ def test_monitor_owner_killed_the_survivor_recovers_the_windows_from_the_changel
     harness: PipelineHarness, tmp_path: Path, store: str
 ) -> None:
     """The monitor state of a killed worker lives on in its changelog, with either store."""
-    # A long grace keeps the windows open past the kill, so their events reach the
-    # survivor through the changelog alone.
-    pipeline, path = harness.pipeline(monitor={"window_seconds": 5, "grace_seconds": 20})
+    # A long grace keeps the windows open past the kill (on a slow machine the kill has
+    # come a minute after the events), so their events reach the survivor through the
+    # changelog alone.
+    pipeline, path = harness.pipeline(monitor={"window_seconds": 5, "grace_seconds": 90})
     dsn = {name: f"chdb://{tmp_path / f'ch-{name}'}" for name in ("a", "b")}
     workers = {
         name: harness.worker(
@@ -235,7 +236,7 @@ def test_monitor_owner_killed_the_survivor_recovers_the_windows_from_the_changel
         open_events = monitor["open_events"]
         return bool(monitor["owns_topic"] and open_events and not sum(open_events.values()))
 
-    status = survivor.wait_until(all_closed, 90, "the survivor closing every window")
+    status = survivor.wait_until(all_closed, 180, "the survivor closing every window")
     assert survivor.stop() == 0
 
     # Each worker wrote to a ClickHouse folder of its own: the survivor what it recovered,
