@@ -28,6 +28,7 @@ from stream.deploy.control import EVENTS_TOPIC
 from stream.errors import SinkUnavailable
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
+from stream.monitor.position import PROCESS, REWIND, ReadPosition, resume_offset
 from stream.monitor.windows import (
     DRIFT_COLUMNS,
     LATENCY_COLUMNS,
@@ -75,6 +76,11 @@ class MonitorAgent:
         self.paused_seconds = 0.0
         self._last_turn = time.monotonic()
         self._watermark = 0
+        self._rebalancing_since: float | None = None
+        self.position = ReadPosition()
+        self._generation: int | None = None
+        monitor = pipeline.monitor
+        self._idle_after_ms = int((monitor.window_seconds + monitor.grace_seconds + 60) * 1000)
         self.topic = app.topic(
             pipeline.monitor_topic,
             key_serializer="raw",
@@ -91,14 +97,51 @@ class MonitorAgent:
     async def _consume(self, stream: Any) -> None:
         async for event in stream.events():
             try:
-                await self.process(event.key.decode(), event.value)
+                if not await self._in_order(event.message.tp, event.message.offset):
+                    continue
+                await self.process(event.key.decode(), event.value, event.message.offset)
             except Exception as exc:
                 # Never stop consuming silently: take the worker down so it restarts.
                 log.exception("monitor agent of %s failed", self.pipeline.name)
                 await self.app.crash(exc)
                 raise
 
-    async def process(self, key: str, value: bytes) -> None:
+    async def _in_order(self, tp: Any, offset: int) -> bool:
+        """Whether to merge the partial at ``offset`` (see ``stream.monitor.position``)."""
+        self._last_turn = time.monotonic()
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:
+            self._generation = generation
+            resume = resume_offset(
+                (s for k in list(self.table) if (s := self.table.get(k))), self._idle_after_ms
+            )
+            if resume is not None:  # never wait for offsets the topic does not hold
+                high = self.app.consumer.highwater(tp)
+                if high is not None and high >= 0:
+                    resume = min(resume, high)
+                earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+                if earliest is not None:
+                    resume = max(resume, earliest)
+            self.position.restart(resume)
+        rewinds, given_up = self.position.rewinds, self.position.given_up
+        decision = self.position.decide(offset, time.monotonic())
+        if self.position.given_up > given_up:
+            log.error(
+                "%s: the monitor could not read the partials before offset %d again; "
+                "windows may lack their events", self.pipeline.name, offset,
+            )  # fmt: skip
+        if decision == REWIND:
+            assert self.position.expected is not None
+            if self.position.rewinds > rewinds:
+                log.warning(
+                    "%s: the monitor read offset %d but its state ends before %d (committed "
+                    "offsets passed partials the changelog lacks); reading again from %d",
+                    self.pipeline.name, offset, self.position.expected, self.position.expected,
+                )  # fmt: skip
+            await self.app.consumer.seek_wait({tp: self.position.expected})
+        return decision == PROCESS
+
+    async def process(self, key: str, value: bytes, offset: int | None = None) -> None:
         self._last_turn = time.monotonic()
         try:
             partial = Partial.parse(json.loads(value))
@@ -111,6 +154,8 @@ class MonitorAgent:
         if outcome == "duplicate":
             self.duplicate_partials += 1
             return
+        if offset is not None:
+            state["offset"] = offset  # the state holds every partial up to here
         if outcome == "merged":
             self.events_merged += partial.stats.count
         if outcome == "late":
@@ -216,7 +261,18 @@ class MonitorAgent:
         turns its backpressure loop. Silence for ``stall_after`` means it hangs.
         """
         now = time.monotonic()
-        if self.app.rebalancing or not self._owns_topic():
+        if self.app.rebalancing:
+            # Recovering the table from its changelog (a few records) takes seconds;
+            # faust can wait for changelog records that never come, and never ends it.
+            if self._rebalancing_since is None:
+                self._rebalancing_since = now
+            self._last_turn = now
+            stuck = now - self._rebalancing_since
+            if stuck > stall_after:
+                return f"monitor of {self.pipeline.name} has been rebalancing for {stuck:.0f}s"
+            return None
+        self._rebalancing_since = None
+        if not self._owns_topic():
             self._last_turn = now
             return None
         silent = now - self._last_turn
@@ -245,6 +301,8 @@ class MonitorAgent:
             "unwritten_windows": sum(self.unwritten.values()),
             "paused": self.paused_since is not None,
             "paused_seconds": round(self.paused_seconds, 1),
+            "rewinds": self.position.rewinds,
+            "partials_skipped": self.position.skipped,
         }
 
 
