@@ -57,7 +57,7 @@ class ReadPosition:
     """
 
     expected: int | None = None
-    rewinding_from: int | None = None
+    rewinding: bool = False
     rewound_at: float = 0.0
     tries: int = 0
     retry_after: float = 0.5
@@ -69,10 +69,10 @@ class ReadPosition:
     def restart(self, resume: int | None) -> None:
         """A new assignment: the recovered state ends just before ``resume``."""
         self.expected = resume
-        self.rewinding_from = None
+        self.rewinding = False
 
     def decide(self, offset: int, now: float) -> str:
-        if self.rewinding_from is not None:
+        if self.rewinding:
             if self.expected is not None and offset > self.expected:
                 if self.tries < self.max_tries:
                     self.skipped += 1
@@ -82,7 +82,7 @@ class ReadPosition:
                     self.tries += 1
                     return REWIND  # the seek did not take: again
                 self.given_up += 1  # the partials in between are not in the topic
-            self.rewinding_from = None
+            self.rewinding = False
             self.expected = offset
         if self.expected is None or offset == self.expected:
             self.expected = offset + 1
@@ -90,7 +90,7 @@ class ReadPosition:
         if offset < self.expected:
             self.skipped += 1
             return SKIP  # merged into the state already
-        self.rewinding_from = offset
+        self.rewinding = True
         self.rewound_at = now
         self.tries = 1
         self.rewinds += 1
