@@ -19,7 +19,7 @@ from stream.background import BackgroundLoop
 from stream.deploy.control import ControlWatcher
 from stream.engine.scoring import ScoringEngine
 from stream.models.registry import ModelRegistry
-from stream.monitor.agent import ModelEventsAgent, MonitorAgent
+from stream.monitor.agent import MonitorAgent, copy_model_events
 from stream.settings import PipelineConfig, Settings
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -109,8 +109,11 @@ def create_app(
         broker_heartbeat_interval=1.0,
     )
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
-    monitors = {p.name: MonitorAgent(app, p, registry, sink, writer) for p in pipelines}
-    ModelEventsAgent(app, sink, writer)
+    kafka_config = settings.kafka_config()
+    monitors = {
+        p.name: MonitorAgent(app, p, registry, sink, writer, kafka_config) for p in pipelines
+    }
+    copy_model_events(app, sink, writer)
     engine_service = EngineService(
         engines, watcher, list(monitors.values()), settings.stall_seconds, loop=None
     )

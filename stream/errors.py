@@ -74,6 +74,18 @@ class ValidationError(EventError):
     reason = "invalid"
 
 
+class UnknownCategory(ValidationError):
+    """A categorical feature holds a value the model was not trained on.
+
+    The event is dead-lettered like any invalid one; the monitor counts it as
+    an unseen category of that feature (``feature`` is its index).
+    """
+
+    def __init__(self, message: str, feature: int, ctx: EventContext | None = None) -> None:
+        super().__init__(message, ctx)
+        self.feature = feature
+
+
 class ModelError(EventError):
     """The model failed at run time on a batch containing this event."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -121,11 +121,32 @@ class MonitorSpec(_Frozen):
     grace_seconds: float = Field(3.0, ge=0)
     flush_interval_seconds: float = Field(1.0, gt=0)
     min_samples: int = Field(200, ge=0)
-    psi_warn: float = 0.1
-    psi_alert: float = 0.25
+    psi_warn: float = Field(0.1, gt=0)
+    psi_alert: float = Field(0.25, gt=0)
+    # Shift of a numeric feature's mean, in standard deviations of its training data.
+    mean_shift_warn: float = Field(0.25, gt=0)
+    mean_shift_alert: float = Field(0.5, gt=0)
+    # Chance that a window without drift flags any of its features (Bonferroni
+    # over the features tested in the window); see stream.monitor.drift.
+    drift_alpha: float = Field(0.01, gt=0, lt=1)
+    # Share of a categorical feature's values that the model never saw in training.
+    unseen_warn: float = Field(0.01, gt=0, le=1)
+    unseen_alert: float = Field(0.05, gt=0, le=1)
+    # End-to-end p99 latency of a window above this raises an alert (none when unset).
+    latency_p99_alert_ms: float | None = Field(None, gt=0)
     # Closed windows kept while ClickHouse does not take writes; past this many the
     # monitor stops reading partials (they wait in Kafka) until it does again.
     max_unwritten_windows: int = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _bands(self) -> MonitorSpec:
+        if self.psi_warn > self.psi_alert:
+            raise ValueError("psi_warn must not exceed psi_alert")
+        if self.mean_shift_warn > self.mean_shift_alert:
+            raise ValueError("mean_shift_warn must not exceed mean_shift_alert")
+        if self.unseen_warn > self.unseen_alert:
+            raise ValueError("unseen_warn must not exceed unseen_alert")
+        return self
 
 
 class PipelineConfig(_Frozen):

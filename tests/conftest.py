@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,9 @@ import pytest
 from stream.demo.data import train_demo_model
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
+
+# Figures that tests measure (rates, counts, times), printed after the run.
+_FIGURES: list[str] = []
 
 MODEL_NAME = "payments-fraud"
 MODEL_VERSION = "1"
@@ -20,6 +23,11 @@ MODEL_VERSION = "1"
 def trained_model() -> tuple[bytes, ModelManifest]:
     """A small demo model (20 trees on 4,000 rows): real ONNX, trained in about a second."""
     return train_demo_model(MODEL_NAME, MODEL_VERSION, rows=4_000, trees=20)
+
+
+@pytest.fixture
+def manifest(trained_model: tuple[bytes, ModelManifest]) -> ModelManifest:
+    return trained_model[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +65,20 @@ def no_leaked_threads() -> Iterator[None]:
         t.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"test leaked threads: {still}"
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Report a measured figure; every one is printed in a "figures" section at the end."""
+
+    def report(line: str) -> None:
+        _FIGURES.append(f"{request.node.name}: {line}")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

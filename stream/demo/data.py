@@ -13,11 +13,10 @@ from stream.models.manifest import (
     FeatureSpec,
     ModelManifest,
     OutputSpec,
-    Reference,
     categorical_reference,
     numeric_reference,
 )
-from stream.monitor.histograms import SCORE_EDGES
+from stream.monitor.histograms import score_reference
 
 NUMERIC = [
     "amount", "account_age_days", "txn_count_1h", "txn_count_24h", "avg_amount_30d",
@@ -181,7 +180,14 @@ def train_demo_model(
                     reference=numeric_reference(raw[:, j]),
                 )
             )
-    score_counts = np.bincount(np.searchsorted(SCORE_EDGES, scores, side="right"), minlength=10)
+    # Fresh rows for the output's reference: scores on training rows would be
+    # more confident than on any live traffic.
+    fresh, _ = generate(rows // 2, np.random.default_rng(seed + 1))
+    fresh_raw = np.column_stack([fresh[f] for f in FEATURES])
+    fresh_scores = clf.predict_proba(
+        np.where(np.isnan(fresh_raw), fill_row, fresh_raw).astype(np.float32)
+    )[:, 1]
+    confidences = np.maximum(fresh_scores, 1.0 - fresh_scores)
     manifest = ModelManifest(
         name=name,
         version=version,
@@ -191,7 +197,8 @@ def train_demo_model(
         output=OutputSpec(
             kind="classifier", labels=["legit", "fraud"], positive_label="fraud", threshold=0.5
         ),
-        score_reference=Reference(counts=[int(c) for c in score_counts]),
+        score_reference=score_reference(fresh_scores),
+        confidence_reference=score_reference(confidences),
         training={
             "algorithm": f"sklearn GradientBoostingClassifier(n_estimators={trees}, max_depth=3)",
             "rows": rows,

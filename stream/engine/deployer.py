@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from stream.deploy.control import EVENTS_TOPIC, model_event, publish
@@ -11,6 +12,7 @@ from stream.engine.runtime import build_runtime
 from stream.engine.scoring import ScoringEngine
 from stream.errors import ModelLoadError, ServiceError
 from stream.models.registry import ModelRegistry
+from stream.monitor.alerts import rejection_alert
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ class Deployer:
         pipeline = engine.pipeline
         revision = state.current.revision
         log.error("%s revision %d rejected: %s", pipeline.name, revision, reason)
-        event = model_event(pipeline.name, revision, engine.worker_id, "rejected", reason)
-        alert = {**event, "kind": "model_rejected", "severity": "critical"}
+        models = ",".join(sorted(str(k) for k in state.current.models()))
+        event = model_event(pipeline.name, revision, engine.worker_id, "rejected", reason, models)
+        at_ms = int(datetime.fromisoformat(event["at"]).timestamp() * 1000)
+        notice = rejection_alert(pipeline.name, revision, engine.worker_id, models, reason, at_ms)
+        alert = {**notice.record(), "revision": revision, "worker": engine.worker_id}
         try:
             # The alert first: whoever sees the rejection can already find it.
             publish(self.kafka_config, pipeline.alerts_topic, pipeline.name, alert)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import ValidationError
+from stream.errors import UnknownCategory, ValidationError
 from stream.models.manifest import ModelManifest
 
 MAX_EVENT_ID_LENGTH = 256
@@ -38,15 +38,16 @@ class FeatureBuilder:
         self.manifest = manifest
         self.event_id_field = event_id_field
         self.event_time_field = event_time_field
-        self._plan: list[tuple[str, bool, dict[str, float] | None]] = [
+        self._plan: list[tuple[int, str, bool, dict[str, float] | None]] = [
             (
+                j,
                 f.name,
                 f.nullable,
                 {c: float(i) for i, c in enumerate(f.categories)}
                 if f.type == "categorical"
                 else None,
             )
-            for f in manifest.features
+            for j, f in enumerate(manifest.features)
         ]
         self.fill = np.asarray([f.fill for f in manifest.features], dtype=np.float64)
 
@@ -69,7 +70,7 @@ class FeatureBuilder:
         values: list[float] = []
         append = values.append
         get = record.get
-        for name, nullable, categories in self._plan:
+        for j, name, nullable, categories in self._plan:
             value = get(name, _MISSING)
             # The common cases first, with one check each: a float within float32's
             # range (the chained comparison is false for NaN and infinity too), and
@@ -83,12 +84,12 @@ class FeatureBuilder:
                 if index is not None:
                     append(index)
                     continue
-            append(self._checked(name, nullable, categories, value))
+            append(self._checked(j, name, nullable, categories, value))
         return EventRow(event_id, event_time, values)
 
     @staticmethod
     def _checked(
-        name: str, nullable: bool, categories: dict[str, float] | None, value: Any
+        j: int, name: str, nullable: bool, categories: dict[str, float] | None, value: Any
     ) -> float:
         """The value of one feature that is not a plain in-range float or known category."""
         if value is None or value is _MISSING:
@@ -98,9 +99,11 @@ class FeatureBuilder:
         if categories is not None:
             index = categories.get(value) if isinstance(value, str) else None
             if index is None:
-                raise ValidationError(
-                    f"{name}: unknown category {value!r:.60} (expected one of {sorted(categories)})"
-                )
+                expected = f"expected one of {sorted(categories)}"
+                if not isinstance(value, str):
+                    kind = type(value).__name__
+                    raise ValidationError(f"{name}: expected a category, got {kind} ({expected})")
+                raise UnknownCategory(f"{name}: unknown category {value!r:.60} ({expected})", j)
             return index
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(f"{name}: expected a number, got {type(value).__name__}")

@@ -21,7 +21,14 @@ from stream.engine.features import EventRow
 from stream.engine.outputs import OutputWriter, dead_letter_headers
 from stream.engine.partials import PartialAccumulator
 from stream.engine.runtime import Runtime, ServingModel
-from stream.errors import EventContext, EventError, ModelError, ValidationError, ValueDecodeError
+from stream.errors import (
+    EventContext,
+    EventError,
+    ModelError,
+    UnknownCategory,
+    ValidationError,
+    ValueDecodeError,
+)
 from stream.models.key import ModelKey
 from stream.models.runtime import Prediction
 from stream.serde import Serde, SerdeContext
@@ -150,6 +157,9 @@ class BatchScorer:
                 if not shadow:  # a shadow skips what it cannot read; the event was scored
                     exc.ctx = _context(item[0])
                     self.dead_letter(item[0], exc)
+                    if isinstance(exc, UnknownCategory):
+                        stats = self.accumulator(serving).window(int(self._clock() * 1000))
+                        stats.unseen[exc.feature] += 1
         if not accepted:
             return
         raw, model_input = serving.features.matrix([row.values for _, row in accepted])

@@ -93,7 +93,10 @@ class ModelManifest(_Frozen):
     input_name: str = "features"
     features: list[FeatureSpec]
     output: OutputSpec
+    # Histograms of the model's score and confidence on its training data, on
+    # the ten bins of width 0.1 that the monitor uses (prediction drift).
     score_reference: Reference | None = None
+    confidence_reference: Reference | None = None
     training: dict[str, Any] = {}
 
     @field_validator("version", mode="before")

@@ -10,6 +10,12 @@ the agent goes on merging partials until ``max_unwritten_windows`` wait; then
 it stops taking partials (backpressure: faust pauses the monitor partition
 once its small buffer fills, and the partials wait in Kafka) and retries
 until the writes go through. Scoring does not stop for it.
+
+Each closed window is written in this order: its rows to ClickHouse, then its
+alert records to ``{p}.alerts``, then the window leaves the table together
+with the new set of open alerts (one table write). A failure anywhere keeps
+the window for the next turn; the retry writes the same rows and records
+again, which ClickHouse's ReplacingMergeTree and the alert ids make harmless.
 """
 
 from __future__ import annotations
@@ -18,16 +24,21 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from confluent_kafka import Producer
 
 from stream.deploy.control import EVENTS_TOPIC
-from stream.errors import SinkUnavailable
+from stream.errors import ServiceError, SinkUnavailable
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
+from stream.monitor.alerts import ALERT_COLUMNS, Alert, alert_row, track, window_facts
+from stream.monitor.drift import feature_drift
+from stream.monitor.histograms import latency_quantile
 from stream.monitor.position import PROCESS, REWIND, ReadPosition, resume_offset
 from stream.monitor.windows import (
     DRIFT_COLUMNS,
@@ -56,12 +67,15 @@ class MonitorAgent:
         registry: ModelRegistry,
         sink: ClickHouseSink,
         writer: ThreadPoolExecutor,
+        kafka_config: dict[str, Any],
     ) -> None:
         self.app = app
         self.pipeline = pipeline
         self.registry = registry
         self.sink = sink
         self._writer = writer
+        self._kafka_config = kafka_config
+        self._producer: Producer | None = None  # created on the writer thread, used only there
         self._manifests: dict[tuple[str, str], ModelManifest] = {}
         self.windows_written = 0
         self.late_partials = 0
@@ -69,6 +83,8 @@ class MonitorAgent:
         self.duplicate_partials = 0
         self.bad_partials = 0
         self.write_failures = 0
+        self.alerts_published = 0
+        self.open_alerts = 0
         self.closed_until: dict[str, int] = {}
         self.open_events: dict[str, int] = {}
         self.unwritten: dict[str, int] = {}
@@ -93,6 +109,9 @@ class MonitorAgent:
             partitions=1,
         )  # keys and values are JSON (faust's table default): "pipeline|model|version" -> state
         app.agent(self.topic, name=f"{pipeline.name}-monitor")(self._consume)
+        self.alerts_copier = TopicCopier(
+            app, pipeline.alerts_topic, "alerts", ALERT_COLUMNS, alert_row, sink, writer
+        )
 
     async def _consume(self, stream: Any) -> None:
         async for event in stream.events():
@@ -220,7 +239,7 @@ class MonitorAgent:
         written = 0
         for window in due:
             try:
-                await self._write(window)
+                alerts = await self._write(window, state.get("alerts", {}))
             except Exception as exc:
                 # Keep the window in the table; a later turn writes it.
                 self.write_failures += 1
@@ -228,6 +247,8 @@ class MonitorAgent:
                     log.error("could not write window %d of %s: %r", window.start_ms, key, exc)
                 break
             mark_closed(state, window)
+            state["alerts"] = alerts
+            self.open_alerts = len(alerts)
             written += 1
             self.windows_written += 1
             self.closed_until[key] = int(state["closed_until"])
@@ -241,17 +262,54 @@ class MonitorAgent:
             manifest = self._manifests[(model, version)] = self.registry.manifest(model, version)
         return manifest
 
-    async def _write(self, window: ClosedWindow) -> None:
+    async def _write(
+        self, window: ClosedWindow, open_alerts: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """Write the window's rows and alert records; return the open alerts after it."""
+        spec = self.pipeline.monitor
         manifest = self._manifest(window.model, window.version)
         now = datetime.now(UTC)
+        drift = feature_drift(manifest, window.stats, spec)
         latency = [latency_row(window, manifest, now)]
-        drift = drift_rows(window, manifest, self.pipeline.monitor, now)
+        alerts: list[Alert] = []
+        if window.revision == 0:  # a re-write after late partials changes no alert
+            facts = window_facts(
+                window.pipeline, window.model, window.version, window.variant, window.start_ms,
+                window.end_ms, drift, window.stats.count,
+                latency_quantile(window.stats.latency, 0.99), spec,
+            )  # fmt: skip
+            open_alerts, alerts = track(open_alerts, facts)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._insert, latency, drift)
+        rows = drift_rows(window, drift, now)
+        await loop.run_in_executor(self._writer, self._insert, latency, rows, alerts)
+        return open_alerts
 
-    def _insert(self, latency: list[list[Any]], drift: list[list[Any]]) -> None:
+    def _insert(
+        self, latency: list[list[Any]], drift: list[list[Any]], alerts: list[Alert]
+    ) -> None:
         self.sink.insert("latency_windows", LATENCY_COLUMNS, latency)
         self.sink.insert("drift_windows", DRIFT_COLUMNS, drift)
+        if alerts:
+            self._publish(alerts)
+
+    def _publish(self, alerts: list[Alert]) -> None:
+        """Alert records to ``{p}.alerts``, acknowledged; the alerts agent copies them on."""
+        if self._producer is None:
+            self._producer = Producer(
+                {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5}
+            )
+        failures: list[str] = []
+        for alert in alerts:
+            log.warning("alert %s (%s): %s", alert.state, alert.severity, alert.message)
+            self._producer.produce(
+                self.pipeline.alerts_topic,
+                key=alert.alert_id.encode(),
+                value=json.dumps(alert.record()).encode(),
+                on_delivery=lambda err, _: failures.append(str(err)) if err else None,
+            )
+        if self._producer.flush(10) or failures:
+            raise ServiceError(f"could not publish alerts: {failures or 'timed out'}")
+        self.alerts_published += len(alerts)
 
     def trouble(self, stall_after: float) -> str | None:
         """Why the agent cannot be trusted to make progress, or None while it is fine.
@@ -303,36 +361,70 @@ class MonitorAgent:
             "paused_seconds": round(self.paused_seconds, 1),
             "rewinds": self.position.rewinds,
             "partials_skipped": self.position.skipped,
+            "open_alerts": self.open_alerts,
+            "alerts_published": self.alerts_published,
+            "alerts_copied": self.alerts_copier.copied,
         }
 
 
-class ModelEventsAgent:
-    """Copies what workers did with deployment revisions into ClickHouse ``model_events``."""
+class TopicCopier:
+    """Copies a topic of JSON records into a ClickHouse table, in batches.
 
-    COLUMNS = ("pipeline", "revision", "worker", "kind", "models", "message", "at")
+    ``to_row`` turns a record into the table's row; a record it cannot turn is
+    logged and skipped. Records are few (alerts, model events): the agent holds
+    the topic until ClickHouse takes them, and the table's keys make the
+    copies of a record read twice collapse into one.
+    """
 
-    def __init__(self, app: faust.App, sink: ClickHouseSink, writer: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        topic: str,
+        table: str,
+        columns: Sequence[str],
+        to_row: Callable[[dict[str, Any]], list[Any]],
+        sink: ClickHouseSink,
+        writer: ThreadPoolExecutor,
+    ) -> None:
+        self.table = table
+        self.columns = list(columns)
+        self.to_row = to_row
         self.sink = sink
         self._writer = writer
-        topic = app.topic(EVENTS_TOPIC, key_serializer="raw", value_serializer="raw")
-        app.agent(topic, name="model-events")(self._consume)
+        self.copied = 0
+        source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+        app.agent(source, name=f"copy-{topic}")(self._consume)
 
     async def _consume(self, stream: Any) -> None:
         async for batch in stream.take(100, within=1.0):
             rows = []
             for value in batch:
                 try:
-                    event = json.loads(value)
-                    at = datetime.fromisoformat(event["at"])
-                    rows.append([*(event[c] for c in self.COLUMNS[:-1]), at])
+                    rows.append(self.to_row(json.loads(value)))
                 except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping a malformed model event: %r", exc)
+                    log.warning("skipping a malformed record for %s: %r", self.table, exc)
             loop = asyncio.get_running_loop()
-            while True:  # few and small: hold the topic until ClickHouse takes them
+            while True:
                 try:
                     await loop.run_in_executor(
-                        self._writer, self.sink.insert, "model_events", self.COLUMNS, rows
+                        self._writer, self.sink.insert, self.table, self.columns, rows
                     )
                     break
                 except SinkUnavailable:
                     await asyncio.sleep(max(self.sink.wait_seconds(), 0.1))
+            self.copied += len(rows)
+
+
+MODEL_EVENT_COLUMNS = ("pipeline", "revision", "worker", "kind", "models", "message", "at")
+
+
+def model_event_row(event: dict[str, Any]) -> list[Any]:
+    at = datetime.fromisoformat(event["at"])
+    return [*(event[c] for c in MODEL_EVENT_COLUMNS[:-1]), at]
+
+
+def copy_model_events(app: faust.App, sink: ClickHouseSink, writer: ThreadPoolExecutor) -> None:
+    """What workers did with deployment revisions, into ClickHouse ``model_events``."""
+    TopicCopier(
+        app, EVENTS_TOPIC, "model_events", MODEL_EVENT_COLUMNS, model_event_row, sink, writer
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.models.manifest import ModelManifest
+from stream.models.manifest import ModelManifest, Reference
 
 # Latency bucket upper bounds in milliseconds: 0.01 ms to ~140 s, four buckets
 # per doubling (each about 19% wide). One more bucket holds everything above.
@@ -22,6 +22,13 @@ LATENCY_BUCKETS = LATENCY_BOUNDS_MS.size + 1
 # Score and confidence bins: ten of width 0.1 on [0, 1].
 SCORE_EDGES = np.linspace(0.1, 0.9, 9)
 SCORE_BINS = SCORE_EDGES.size + 1
+
+
+def score_reference(values: np.ndarray) -> Reference:
+    """A model's reference histogram of scores or confidences, on the monitor's bins."""
+    clipped = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    counts = np.bincount(np.searchsorted(SCORE_EDGES, clipped, side="right"), minlength=SCORE_BINS)
+    return Reference(counts=[int(c) for c in counts])
 
 
 def latency_counts(values_ms: np.ndarray) -> np.ndarray:
@@ -75,6 +82,7 @@ class HistogramLayout:
             inference=np.zeros(LATENCY_BUCKETS, np.int64),
             features=[np.zeros(size, np.int64) for size in self.sizes],
             nulls=np.zeros(n, np.int64),
+            unseen=np.zeros(n, np.int64),
             sums=np.zeros(n, np.float64),
             sumsq=np.zeros(n, np.float64),
             labels=np.zeros(self.n_labels, np.int64),
@@ -131,6 +139,7 @@ class WindowStats:
     inference: np.ndarray
     features: list[np.ndarray]
     nulls: np.ndarray
+    unseen: np.ndarray  # per feature: values dead-lettered as unknown categories
     sums: np.ndarray
     sumsq: np.ndarray
     labels: np.ndarray
@@ -149,6 +158,7 @@ class WindowStats:
         for mine, theirs in zip(self.features, other.features, strict=True):
             mine += theirs
         self.nulls += other.nulls
+        self.unseen += other.unseen
         self.sums += other.sums
         self.sumsq += other.sumsq
         self.labels += other.labels
@@ -163,6 +173,7 @@ class WindowStats:
             "inference": self.inference.tolist(),
             "features": [f.tolist() for f in self.features],
             "nulls": self.nulls.tolist(),
+            "unseen": self.unseen.tolist(),
             "sums": self.sums.tolist(),
             "sumsq": self.sumsq.tolist(),
             "labels": self.labels.tolist(),
@@ -182,6 +193,8 @@ class WindowStats:
             inference=ints("inference"),
             features=[np.asarray(f, dtype=np.int64) for f in data["features"]],
             nulls=ints("nulls"),
+            # State written before unseen categories were counted has none.
+            unseen=ints("unseen") if "unseen" in data else np.zeros(len(data["nulls"]), np.int64),
             sums=np.asarray(data["sums"], dtype=np.float64),
             sumsq=np.asarray(data["sumsq"], dtype=np.float64),
             labels=ints("labels"),

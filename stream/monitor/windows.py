@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream.models.manifest import ModelManifest
-from stream.monitor.drift import feature_drift
+from stream.monitor.drift import FeatureDrift
 from stream.monitor.histograms import LATENCY_BOUNDS_MS, WindowStats, latency_quantile
-from stream.settings import MonitorSpec
 
 # How many closed windows a key keeps, so late partials can still be merged.
 KEEP_CLOSED = 3
@@ -35,7 +34,8 @@ DRIFT_COLUMNS = [
     "pipeline", "model", "model_version", "variant", "window_start", "window_end", "feature",
     "kind",
     "count", "nulls", "null_rate", "psi", "js_distance", "ks", "mean", "std", "ref_mean",
-    "ref_std", "status", "bucket_counts", "revision", "written_at",
+    "ref_std", "status", "bucket_counts", "revision", "written_at", "unseen", "unseen_rate",
+    "wasserstein", "test", "p_value", "mean_shift", "mean_p_value",
 ]  # fmt: skip
 
 
@@ -185,17 +185,17 @@ def latency_row(window: ClosedWindow, manifest: ModelManifest, now: datetime) ->
     ]  # fmt: skip
 
 
-def drift_rows(
-    window: ClosedWindow, manifest: ModelManifest, spec: MonitorSpec, now: datetime
-) -> list[list[Any]]:
+def drift_rows(window: ClosedWindow, drift: list[FeatureDrift], now: datetime) -> list[list[Any]]:
     rows = []
-    for d in feature_drift(manifest, window.stats, spec.min_samples, spec.psi_warn, spec.psi_alert):
+    for d in drift:
         rows.append(
             [
                 window.pipeline, window.model, window.version, window.variant,
                 _ts(window.start_ms), _ts(window.end_ms), d.feature, d.kind, d.count, d.nulls,
                 d.null_rate, d.psi, d.js, d.ks, _finite(d.mean), _finite(d.std),
                 _finite(d.ref_mean), _finite(d.ref_std), d.status, d.counts, window.revision, now,
+                d.unseen, d.unseen_rate, _finite(d.wasserstein), d.test, d.p_value,
+                _finite(d.mean_shift), d.mean_p_value,
             ]
         )  # fmt: skip
     return rows

@@ -174,6 +174,10 @@ def closed_until(status: dict[str, Any], pipeline: str) -> int:
     return max(status["pipelines"][pipeline]["monitor"]["closed_until"].values(), default=0)
 
 
+def monitor(status: dict[str, Any], pipeline: str) -> dict[str, Any]:
+    return dict(status["pipelines"][pipeline]["monitor"])
+
+
 def engine(status: dict[str, Any], pipeline: str) -> dict[str, Any]:
     return dict(status["pipelines"][pipeline]["engine"])
 

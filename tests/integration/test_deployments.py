@@ -16,7 +16,13 @@ from stream.models.key import ModelKey
 from stream.serde import AvroSerde, SerdeContext, load_schema
 from stream.services.readback import read_to_end
 from stream.settings import PROJECT_ROOT, PipelineConfig
-from tests.integration.conftest import PipelineHarness, closed_until, engine, window_end
+from tests.integration.conftest import (
+    PipelineHarness,
+    closed_until,
+    engine,
+    monitor,
+    window_end,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +126,14 @@ def test_bad_model_is_rejected_and_v1_keeps_serving(
     scored = predictions(harness, pipeline.predictions_topic, out[pipeline.predictions_topic])
     assert {p["model_version"] for p in scored} == {"1"}
     assert len(scored) == 300
+    worker.wait_until(
+        lambda s: monitor(s, pipeline.name)["alerts_copied"] >= 1, timeout=15, what="alert copied"
+    )
     assert worker.stop() == 0
+    ((row,),) = harness.sql(
+        pipeline, "SELECT state, metric, message FROM alerts FINAL WHERE pipeline = {p:String}"
+    )
+    assert row[:2] == ("notice", "model_rejected") and reason in row[2]
 
 
 def test_ab_split_through_the_cli(harness: PipelineHarness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -9,8 +10,15 @@ import pytest
 
 from stream.demo.data import FEATURES
 from stream.serde import AvroSerde, SerdeContext, load_schema
+from stream.services.readback import read_to_end
 from stream.settings import PROJECT_ROOT
-from tests.integration.conftest import PipelineHarness, closed_until, engine, window_end
+from tests.integration.conftest import (
+    PipelineHarness,
+    closed_until,
+    engine,
+    monitor,
+    window_end,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +53,16 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
             timeout=30,
             what="closed window",
         )
-    status = worker.status()
-    assert status is not None
+    # The drifted windows' alerts were published and copied into ClickHouse.
+    status = worker.wait_until(
+        lambda s: (
+            0
+            < monitor(s, pipeline.name)["alerts_published"]
+            <= monitor(s, pipeline.name)["alerts_copied"]
+        ),
+        timeout=15,
+        what="alerts copied",
+    )
     assert worker.page("/stream/health/") == {"healthy": True, "troubles": [], "degraded": []}
     ready = worker.page("/stream/ready/")
     assert ready is not None and ready["ready"] is True
@@ -72,17 +88,34 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         assert prediction["model_version"] == "1"
     assert harness.review_count(pipeline) == engine(status, pipeline.name)["reviews"]
 
-    (((count, windows),), drift) = harness.sql(
+    (((count, windows),), drift, alert_rows) = harness.sql(
         pipeline,
         "SELECT sum(count), count() FROM latency_windows FINAL WHERE pipeline = {p:String}",
-        "SELECT feature, countIf(status = 'alert'), max(psi) FROM drift_windows FINAL "
-        "WHERE pipeline = {p:String} GROUP BY feature",
+        "SELECT feature, kind, countIf(status = 'alert'), max(psi) FROM drift_windows FINAL "
+        "WHERE pipeline = {p:String} GROUP BY feature, kind",
+        "SELECT alert_id, state, severity, metric, subject, message FROM alerts FINAL "
+        "WHERE pipeline = {p:String}",
     )
     assert count == len(predictions)
     assert windows >= 2
-    alerts = {feature: n for feature, n, _ in drift if n}
-    assert set(alerts) == {DRIFTED}, f"drift flagged on {alerts}"
-    assert {feature for feature, _, _ in drift} == set(FEATURES)
+    flagged = {feature: n for feature, kind, n, _ in drift if n and kind != "prediction"}
+    assert set(flagged) == {DRIFTED}, f"drift flagged on {flagged}"
+    assert {feature for feature, *_ in drift} == {
+        *FEATURES,
+        "prediction.score",
+        "prediction.confidence",
+    }
+    # One alert for the drifted feature (it stays open: no clean window follows);
+    # the model's scores may drift with it, nothing else may.
+    on_features = [a for a in alert_rows if a[4] in FEATURES]
+    assert [(state, metric, subject) for _, state, _, metric, subject, _ in on_features] == [
+        ("firing", "drift", DRIFTED)
+    ]
+    assert {a[4] for a in alert_rows} <= {DRIFTED, "prediction.score", "prediction.confidence"}
+    message = on_features[0][5]
+    assert message.startswith(f"Feature {DRIFTED} drifted strongly (PSI ")
+    kafka = read_to_end(harness.kafka_config, [pipeline.alerts_topic])[pipeline.alerts_topic]
+    assert {json.loads(m.value())["alert_id"] for m in kafka} == {a[0] for a in alert_rows}
 
 
 def _all_keys(

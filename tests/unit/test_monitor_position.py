@@ -131,7 +131,7 @@ def test_a_monitor_stuck_in_a_rebalance_is_trouble(registry: ModelRegistry) -> N
     app = faust.App("unit-stuck", broker="kafka://127.0.0.1:1", store="memory://")
     sink = ClickHouseSink(ClickHouse(cast(Any, None), "fake"))
     with ThreadPoolExecutor(max_workers=1) as writer:
-        agent = MonitorAgent(app, pipeline, registry, sink, writer)
+        agent = MonitorAgent(app, pipeline, registry, sink, writer, {})
         app.rebalancing = True
         assert agent.trouble(stall_after=0.05) is None, "a rebalance takes a moment"
         time.sleep(0.1)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ from stream.errors import DeliveryError
 from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel, Prediction
-from stream.serde import AvroSerde, SerdeContext, load_schema
+from stream.serde import AvroSerde, JsonSerde, SerdeContext, load_schema
 from stream.settings import PROJECT_ROOT, PipelineConfig
 from tests.unit.fakes import FakeProducer, FakeRecord
 
@@ -265,3 +266,22 @@ def test_swap_changes_the_serving_version(registry: ModelRegistry, runtime: Runt
     assert versions == ["1"] * 10 + ["2"] * 10
     assert scorer.counters.revision == 1
     assert Weighted(model=V2, weight=100) in state.current.serving
+
+
+def test_unknown_categories_are_dead_letters_and_counted_per_feature(runtime: Runtime) -> None:
+    # JSON input: the Avro schema's enums would not even encode these values.
+    scorer, producer = make_scorer(runtime)
+    scorer.serdes = dataclasses.replace(scorer.serdes, events=JsonSerde())
+    evs = list(events(40, np.random.default_rng(4), now_ms=99_000))
+    for e in evs[:3]:
+        e["country"] = "ZZ"
+    evs[3]["channel"] = "fax"
+    scorer.score([FakeRecord(json.dumps(e).encode(), b"k", _offset=i) for i, e in enumerate(evs)])
+    assert len(producer.on("payments.deadletter")) == 4
+    stats = scorer.accumulators[V1].window(100_000)
+    names = runtime.models[V1].model.manifest.feature_names
+    assert stats.count == 36
+    assert {names[j]: int(n) for j, n in enumerate(stats.unseen) if n} == {
+        "country": 3,
+        "channel": 1,
+    }

@@ -113,7 +113,7 @@ def test_monitor_stops_taking_partials_past_the_bound_and_writes_each_window_onc
     client = FlakyClient(up=False)
     sink = sink_of(client, min_wait=0.01, max_wait=0.05)
     app = faust.App("unit-outage", broker="kafka://127.0.0.1:1", store="memory://")
-    agent = MonitorAgent(app, pipeline, registry, sink, writer)
+    agent = MonitorAgent(app, pipeline, registry, sink, writer, {})
     agent.table = cast(Any, {})  # the table's faust changelog needs a running app
     key = "outage|payments-fraud|1"
 
