@@ -17,7 +17,7 @@ that topic into ClickHouse ``alerts``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -236,7 +236,7 @@ def _alert(
     alert_id = "|".join(
         [facts.pipeline, facts.model, facts.version, metric, subject, str(opened_at)]
     )
-    return Alert(
+    alert = Alert(
         alert_id=alert_id,
         state=state,
         severity=severity,
@@ -252,10 +252,10 @@ def _alert(
         window_start=facts.start_ms,
         window_end=facts.end_ms,
         count=count,
-        message=_sentence(facts, metric, subject, state, severity, measure, value, threshold,
-                          count, opened_at),
+        message="",
         opened_at=opened_at,
-    )  # fmt: skip
+    )
+    return replace(alert, message=_sentence(alert))
 
 
 def _subject(metric: str, subject: str) -> str:
@@ -278,40 +278,29 @@ def _measure(measure: str, value: float) -> str:
     return f"p99 {value:,.0f} ms"
 
 
-def _sentence(
-    facts: WindowFacts,
-    metric: str,
-    subject: str,
-    state: str,
-    severity: str,
-    measure: str,
-    value: float,
-    threshold: float,
-    count: int,
-    opened_at: int,
-) -> str:
-    who = f"{facts.model} v{facts.version}"
-    where = f"in the {window_label(facts.start_ms, facts.end_ms)} window; {count:,} events"
-    if state == "resolved":
+def _sentence(a: Alert) -> str:
+    who = f"{a.model} v{a.model_version}"
+    where = f"in the {window_label(a.window_start, a.window_end)} window; {a.count:,} events"
+    if a.state == "resolved":
         return (
-            f"{_subject(metric, subject)} is back within bounds ({_measure(measure, value)}) "
-            f"for {who} {where}. The alert had been open since "
-            f"{_ts(opened_at):%Y-%m-%d %H:%M:%S} UTC."
+            f"{_subject(a.metric, a.subject)} is back within bounds "
+            f"({_measure(a.measure, a.value)}) for {who} {where}. The alert had been open "
+            f"since {_ts(a.opened_at):%Y-%m-%d %H:%M:%S} UTC."
         )
-    strongly = " strongly" if severity == "critical" else ""
-    if metric == "drift":
-        bound = f"{threshold:.2f} std" if measure == "mean_shift" else f"{threshold:.2f}"
+    strongly = " strongly" if a.severity == "critical" else ""
+    if a.metric == "drift":
+        bound = f"{a.threshold:.2f} std" if a.measure == "mean_shift" else f"{a.threshold:.2f}"
         what = (
-            f"{_subject(metric, subject)} drifted{strongly} "
-            f"({_measure(measure, value)} ≥ {bound}, significant)"
+            f"{_subject(a.metric, a.subject)} drifted{strongly} "
+            f"({_measure(a.measure, a.value)} ≥ {bound}, significant)"
         )
-    elif metric == "unseen_categories":
+    elif a.metric == "unseen_categories":
         what = (
-            f"Feature {subject} had {value:.1%} values the model never saw in training "
-            f"(≥ {threshold:.1%})"
+            f"Feature {a.subject} had {a.value:.1%} values the model never saw in training "
+            f"(≥ {a.threshold:.1%})"
         )
     else:
-        what = f"End-to-end p99 latency was {value:,.0f} ms (above {threshold:,.0f} ms)"
+        what = f"End-to-end p99 latency was {a.value:,.0f} ms (above {a.threshold:,.0f} ms)"
     return f"{what} for {who} {where}."
 
 
