@@ -9,6 +9,7 @@ is unit-tested with a fake writer.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,29 @@ class EngineSerdes:
 Routed = tuple[Record, dict[str, Any], str]
 
 
+class CpuLedger:
+    """Hands out the process's CPU time, each second once, to the batch that takes it.
+
+    Every engine of the process takes what the process used since anyone last
+    took (its own batch, librdkafka's threads, the faust loop, idle time), so
+    the costs of all engines add up to the process's CPU time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.process_time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = clock()
+
+    def take(self) -> float:
+        with self._lock:
+            now = self._clock()
+            spent, self._last = now - self._last, now
+        return max(spent, 0.0)
+
+
+PROCESS_CPU = CpuLedger()
+
+
 class BatchScorer:
     def __init__(
         self,
@@ -74,6 +98,7 @@ class BatchScorer:
         writer: OutputWriter,
         worker: str,
         clock: Callable[[], float] = time.time,
+        cpu: CpuLedger = PROCESS_CPU,
     ) -> None:
         self.pipeline = pipeline
         self.runtime = runtime
@@ -83,6 +108,8 @@ class BatchScorer:
         self.counters = EngineCounters()
         self.accumulators: dict[ModelKey, PartialAccumulator] = {}
         self._clock = clock
+        self._cpu = cpu
+        self._scored: dict[ModelKey, int] = {}  # events per model version in the batch
         self._window_ms = int(pipeline.monitor.window_seconds * 1000)
         self.swap(runtime)
         self._events_ctx = SerdeContext(pipeline.events_topic)
@@ -130,6 +157,23 @@ class BatchScorer:
         for shadow in runtime.snapshot.shadows:
             routed = [(record, event, "shadow") for record, event in decoded]
             self._score_group(runtime, runtime.models[shadow], routed, shadow=True)
+        self._attribute_cpu(runtime)
+
+    def _attribute_cpu(self, runtime: Runtime) -> None:
+        """Share the CPU time since the last batch among the versions that scored, by events.
+
+        A batch that scored nothing (all dead letters) leaves it to the next one.
+        """
+        scored, self._scored = self._scored, {}
+        total = sum(scored.values())
+        if not total:
+            return
+        spent = self._cpu.take()
+        now_ms = int(self._clock() * 1000)
+        for key, n in scored.items():
+            serving = runtime.models.get(key)
+            if serving is not None:
+                self.accumulator(serving).window(now_ms).cpu_seconds += spent * n / total
 
     def _decode(self, record: Record) -> dict[str, Any]:
         value = record.value()
@@ -260,6 +304,7 @@ class BatchScorer:
             if not shadow and confidence < threshold:
                 reviews += 1
                 self._review(record, out, threshold)
+        self._scored[serving.key] = self._scored.get(serving.key, 0) + len(accepted)
         acc = self.accumulator(serving)
         acc.layout.fold(
             acc.window(now_ms),

@@ -22,6 +22,13 @@ LATENCY_BUCKETS = LATENCY_BOUNDS_MS.size + 1
 # Score and confidence bins: ten of width 0.1 on [0, 1].
 SCORE_EDGES = np.linspace(0.1, 0.9, 9)
 SCORE_BINS = SCORE_EDGES.size + 1
+# Batch size bucket upper bounds: 1, 2, 4 ... 16,384; one more bucket above.
+BATCH_BOUNDS = 2 ** np.arange(15)
+BATCH_BUCKETS = BATCH_BOUNDS.size + 1
+
+
+def batch_bucket(size: int) -> int:
+    return int(np.searchsorted(BATCH_BOUNDS, size, side="left"))
 
 
 def score_reference(values: np.ndarray) -> Reference:
@@ -88,6 +95,7 @@ class HistogramLayout:
             labels=np.zeros(self.n_labels, np.int64),
             scores=np.zeros(SCORE_BINS, np.int64),
             confidence=np.zeros(SCORE_BINS, np.int64),
+            batches=np.zeros(BATCH_BUCKETS, np.int64),
         )
 
     def fold(
@@ -107,6 +115,7 @@ class HistogramLayout:
         stats.reviews += reviews
         stats.latency += latency_counts(latency_ms)
         stats.inference[np.searchsorted(LATENCY_BOUNDS_MS, inference_ms, side="left")] += n
+        stats.batches[batch_bucket(n)] += 1
         missing = np.isnan(values)
         stats.nulls += missing.sum(axis=0)
         filled = np.where(missing, 0.0, values)
@@ -145,7 +154,9 @@ class WindowStats:
     labels: np.ndarray
     scores: np.ndarray
     confidence: np.ndarray
+    batches: np.ndarray  # batch size histogram on BATCH_BOUNDS: one count per model run
     reviews: int = 0
+    cpu_seconds: float = 0.0  # process CPU time attributed to this version's events
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merge(self, other: WindowStats) -> None:
@@ -164,6 +175,8 @@ class WindowStats:
         self.labels += other.labels
         self.scores += other.scores
         self.confidence += other.confidence
+        self.batches += other.batches
+        self.cpu_seconds += other.cpu_seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,6 +192,8 @@ class WindowStats:
             "labels": self.labels.tolist(),
             "scores": self.scores.tolist(),
             "confidence": self.confidence.tolist(),
+            "batches": self.batches.tolist(),
+            "cpu_seconds": self.cpu_seconds,
         }
 
     @classmethod
@@ -200,4 +215,7 @@ class WindowStats:
             labels=ints("labels"),
             scores=ints("scores"),
             confidence=ints("confidence"),
+            # Partials and state written before cost was kept have none.
+            batches=ints("batches") if "batches" in data else np.zeros(BATCH_BUCKETS, np.int64),
+            cpu_seconds=float(data.get("cpu_seconds", 0.0)),
         )

@@ -15,7 +15,12 @@ from typing import Any
 
 from stream.models.manifest import ModelManifest
 from stream.monitor.drift import FeatureDrift
-from stream.monitor.histograms import LATENCY_BOUNDS_MS, WindowStats, latency_quantile
+from stream.monitor.histograms import (
+    BATCH_BOUNDS,
+    LATENCY_BOUNDS_MS,
+    WindowStats,
+    latency_quantile,
+)
 
 # How many closed windows a key keeps, so late partials can still be merged.
 KEEP_CLOSED = 3
@@ -29,6 +34,7 @@ LATENCY_COLUMNS = [
     "inference_p50_ms", "inference_p95_ms", "inference_p99_ms",
     "bucket_bounds_ms", "latency_buckets", "inference_buckets", "labels", "label_counts",
     "score_buckets", "confidence_buckets", "revision", "written_at",
+    "cpu_seconds", "cpu_seconds_per_1k", "model_runs", "batch_bounds", "batch_buckets",
 ]  # fmt: skip
 DRIFT_COLUMNS = [
     "pipeline", "model", "model_version", "variant", "window_start", "window_end", "feature",
@@ -182,6 +188,8 @@ def latency_row(window: ClosedWindow, manifest: ModelManifest, now: datetime) ->
         LATENCY_BOUNDS_MS.tolist(), s.latency.tolist(), s.inference.tolist(),
         list(manifest.output.labels), s.labels.tolist(), s.scores.tolist(), s.confidence.tolist(),
         window.revision, now,
+        s.cpu_seconds, s.cpu_seconds / s.count * 1000.0 if s.count else float("nan"),
+        int(s.batches.sum()), BATCH_BOUNDS.tolist(), s.batches.tolist(),
     ]  # fmt: skip
 
 

@@ -88,9 +88,10 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         assert prediction["model_version"] == "1"
     assert harness.review_count(pipeline) == engine(status, pipeline.name)["reviews"]
 
-    (((count, windows),), drift, alert_rows) = harness.sql(
+    (((count, windows, cpu, runs),), drift, alert_rows) = harness.sql(
         pipeline,
-        "SELECT sum(count), count() FROM latency_windows FINAL WHERE pipeline = {p:String}",
+        "SELECT sum(count), count(), sum(cpu_seconds), sum(model_runs) FROM latency_windows "
+        "FINAL WHERE pipeline = {p:String}",
         "SELECT feature, kind, countIf(status = 'alert'), max(psi) FROM drift_windows FINAL "
         "WHERE pipeline = {p:String} GROUP BY feature, kind",
         "SELECT alert_id, state, severity, metric, subject, message FROM alerts FINAL "
@@ -98,6 +99,7 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
     )
     assert count == len(predictions)
     assert windows >= 2
+    assert cpu > 0 and 0 < runs <= count, "cost per window: CPU time and model runs"
     flagged = {feature: n for feature, kind, n, _ in drift if n and kind != "prediction"}
     assert set(flagged) == {DRIFTED}, f"drift flagged on {flagged}"
     assert {feature for feature, *_ in drift} == {

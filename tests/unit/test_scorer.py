@@ -12,11 +12,12 @@ from stream.deploy.state import Router, Snapshot, Weighted, initial_state
 from stream.engine.features import FeatureBuilder
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import Runtime, ServingModel, build_runtime
-from stream.engine.scorer import BatchScorer, EngineSerdes
+from stream.engine.scorer import BatchScorer, CpuLedger, EngineSerdes
 from stream.errors import DeliveryError
 from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel, Prediction
+from stream.monitor.histograms import batch_bucket
 from stream.serde import AvroSerde, JsonSerde, SerdeContext, load_schema
 from stream.settings import PROJECT_ROOT, PipelineConfig
 from tests.unit.fakes import FakeProducer, FakeRecord
@@ -285,3 +286,24 @@ def test_unknown_categories_are_dead_letters_and_counted_per_feature(runtime: Ru
         "country": 3,
         "channel": 1,
     }
+
+
+def test_cpu_time_is_shared_by_the_versions_a_batch_scored(registry: ModelRegistry) -> None:
+    readings = iter([10.0, 12.0, 15.0])  # process CPU seconds at each reading
+    ledger = CpuLedger(clock=lambda: next(readings))  # first reading: 10.0
+    state = initial_state("payments", V1).deploy(V2, shadow=True)
+    runtime = build_runtime(PIPELINE, state.current, registry)
+    scorer = BatchScorer(
+        PIPELINE, runtime, serdes(), OutputWriter(FakeProducer()), "t", lambda: 100.0, ledger
+    )
+    recs, _ = records(300)
+    scorer.score(recs)  # 2 CPU seconds since the start: 300 events on v1, 300 on the shadow v2
+    v1, v2 = (scorer.accumulators[k].window(100_000) for k in (V1, V2))
+    assert v1.cpu_seconds == pytest.approx(1.0) and v2.cpu_seconds == pytest.approx(1.0)
+    scorer.score([FakeRecord(b"", b"bad", _offset=0)])  # scored nothing: takes no CPU
+    scorer.score(recs[:100])  # takes the 3 seconds since the last take
+    assert v1.cpu_seconds == pytest.approx(2.5) and v2.cpu_seconds == pytest.approx(2.5)
+    # one model run of 300 and one of 100 per version
+    assert v1.batches.sum() == 2
+    assert v1.batches[batch_bucket(300)] == 1 and v1.batches[batch_bucket(100)] == 1
+    assert batch_bucket(256) == 8 and batch_bucket(257) == 9
