@@ -20,6 +20,7 @@ from stream.deploy.control import ControlWatcher
 from stream.engine.scoring import ScoringEngine
 from stream.models.registry import ModelRegistry
 from stream.monitor.agent import MonitorAgent, copy_model_events
+from stream.quality.logger import PredictionLogger
 from stream.settings import PipelineConfig, Settings
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -41,10 +42,12 @@ class EngineService(Service):
         watcher: ControlWatcher,
         monitors: list[MonitorAgent],
         stall_after: float,
+        loggers: list[PredictionLogger] | None = None,
         **kwargs: Any,
     ) -> None:
         self.engines = engines
-        self.loops: list[BackgroundLoop] = [*engines, watcher]
+        self.loggers = loggers or []
+        self.loops: list[BackgroundLoop] = [*engines, watcher, *self.loggers]
         self.monitors = monitors
         self.stall_after = stall_after
         super().__init__(**kwargs)
@@ -57,10 +60,16 @@ class EngineService(Service):
         ]
         return found
 
+    async def on_start(self) -> None:
+        for logger in self.loggers:
+            logger.start()
+
     async def on_stop(self) -> None:
         loop = asyncio.get_running_loop()
         for engine in self.engines:
             await loop.run_in_executor(None, engine.stop)
+        for logger in self.loggers:
+            await loop.run_in_executor(None, logger.stop)
 
     @Service.task
     async def _watch(self) -> None:
@@ -114,8 +123,21 @@ def create_app(
         p.name: MonitorAgent(app, p, registry, sink, writer, kafka_config) for p in pipelines
     }
     copy_model_events(app, sink, writer)
+    loggers = {
+        e.pipeline.name: PredictionLogger(
+            e.pipeline, e.scorer.serdes, kafka_config, sink, writer, e.worker_id,
+            settings.stall_seconds,
+        )
+        for e in engines
+        if e.pipeline.quality.log_sample_rate > 0
+    }  # fmt: skip
     engine_service = EngineService(
-        engines, watcher, list(monitors.values()), settings.stall_seconds, loop=None
+        engines,
+        watcher,
+        list(monitors.values()),
+        settings.stall_seconds,
+        list(loggers.values()),
+        loop=None,
     )
 
     @app.task
@@ -134,6 +156,11 @@ def create_app(
                             "ready": e.ready.is_set(),
                         },
                         "monitor": monitors[e.pipeline.name].status(),
+                        "logger": (
+                            loggers[e.pipeline.name].status()
+                            if e.pipeline.name in loggers
+                            else None
+                        ),
                     }
                     for e in engines
                 },

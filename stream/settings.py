@@ -149,6 +149,21 @@ class MonitorSpec(_Frozen):
         return self
 
 
+class QualitySpec(_Frozen):
+    """Labels from ``{name}.feedback`` joined with logged predictions, in ClickHouse."""
+
+    # Share of events whose prediction (and, with log_features, input fields) is
+    # logged to ClickHouse, chosen by a hash of the Kafka key; 0 turns logging off.
+    log_sample_rate: float = Field(1.0, ge=0, le=1)
+    log_features: bool = True
+    # Event fields that split quality by segment (e.g. channel, country).
+    segments: list[str] = []
+    # A label counts for quality when it arrives at most this long after the
+    # prediction (labels before the prediction count too); later ones are
+    # counted as late_labels.
+    label_horizon_seconds: float = Field(3600.0, gt=0)
+
+
 class PipelineConfig(_Frozen):
     """One pipeline: ``{name}.events`` in, predictions, review items and dead letters out."""
 
@@ -159,6 +174,7 @@ class PipelineConfig(_Frozen):
     batch: BatchSpec = BatchSpec()
     review_threshold: float = Field(0.7, ge=0, le=1)
     monitor: MonitorSpec = MonitorSpec()
+    quality: QualitySpec = QualitySpec()
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
     @property
@@ -184,6 +200,14 @@ class PipelineConfig(_Frozen):
     @property
     def alerts_topic(self) -> str:
         return f"{self.name}.alerts"
+
+    @property
+    def feedback_topic(self) -> str:
+        return f"{self.name}.feedback"
+
+    @property
+    def log_group(self) -> str:
+        return f"stream.{self.name}.log"
 
     @property
     def monitor_topic(self) -> str:

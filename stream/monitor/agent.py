@@ -53,6 +53,7 @@ from stream.monitor.windows import (
     merge_partial,
     new_state,
 )
+from stream.quality.job import QualityJob
 from stream.settings import PipelineConfig
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -112,6 +113,12 @@ class MonitorAgent:
         self.alerts_copier = TopicCopier(
             app, pipeline.alerts_topic, "alerts", ALERT_COLUMNS, alert_row, sink, writer
         )
+        # The worker that owns the monitor topic also computes quality from labels.
+        self.quality = QualityJob(pipeline, registry)
+        self.quality_failures = 0
+        if pipeline.quality.log_sample_rate > 0:
+            interval = max(min(monitor.window_seconds, 60.0), 1.0)
+            app.timer(interval, name=f"{pipeline.name}-quality")(self._quality_tick)
 
     async def _consume(self, stream: Any) -> None:
         async for event in stream.events():
@@ -311,6 +318,20 @@ class MonitorAgent:
             raise ServiceError(f"could not publish alerts: {failures or 'timed out'}")
         self.alerts_published += len(alerts)
 
+    async def _quality_tick(self) -> None:
+        if not self._owns_topic() or self.app.rebalancing or self.sink.wait_seconds() > 0:
+            return
+        now = datetime.now(UTC)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._writer, self.sink.run, lambda client: self.quality.run(client, now)
+            )
+        except SinkUnavailable as exc:
+            # The windows stay due: a later tick computes them (labels are in ClickHouse).
+            self.quality_failures += 1
+            log.warning("%s: quality not computed this time: %s", self.pipeline.name, exc)
+
     def trouble(self, stall_after: float) -> str | None:
         """Why the agent cannot be trusted to make progress, or None while it is fine.
 
@@ -364,6 +385,9 @@ class MonitorAgent:
             "open_alerts": self.open_alerts,
             "alerts_published": self.alerts_published,
             "alerts_copied": self.alerts_copier.copied,
+            "quality_runs": self.quality.runs,
+            "quality_windows": self.quality.windows_written,
+            "quality_failures": self.quality_failures,
         }
 
 

@@ -166,6 +166,19 @@ class ClickHouseSink:
         self.failed_inserts = 0
         self.rows_written = 0
 
+    def run(self, work: Callable[[Client], Any]) -> Any:
+        """Run ``work`` with the client (queries, INSERT ... SELECT), on the writer thread.
+
+        A failure counts as an outage like a failed insert: raise SinkUnavailable.
+        """
+        try:
+            result = work(self._client)
+        except Exception as exc:
+            self._failed("a query", exc)
+            raise SinkUnavailable(f"ClickHouse did not run a query: {self.last_error}") from exc
+        self._recovered()
+        return result
+
     @property
     def available(self) -> bool:
         return self.down_since is None
@@ -184,6 +197,9 @@ class ClickHouseSink:
             self._failed(table, exc)
             raise SinkUnavailable(f"ClickHouse did not take {table}: {self.last_error}") from exc
         self.rows_written += len(rows)
+        self._recovered()
+
+    def _recovered(self) -> None:
         if self.down_since is not None:
             log.warning(
                 "ClickHouse takes writes again after %.1fs", self._clock() - self.down_since

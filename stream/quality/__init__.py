@@ -1,0 +1,1 @@
+"""Quality from labels: the prediction log, the feedback, and quality per window."""

@@ -1,0 +1,252 @@
+"""Quality per window, model version, variant and segment, computed in ClickHouse.
+
+The prediction log joined with the feedback (and the event log for the
+segment fields) gives ``quality_windows``. A window (by scoring time, the
+monitor's window length) is computed when it closes, again whenever labels for
+its events arrive, and a last time once the label horizon has passed for all
+of it (``final = 1``). Each computation replaces the one before it (a higher
+revision), so a worker that restarts or a second worker doing the same work
+does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from stream.models.registry import ModelRegistry
+from stream.settings import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+QUALITY_SQL = """
+INSERT INTO quality_windows
+SELECT pipeline, model, model_version, variant, window_start,
+       window_start + toIntervalMillisecond({window_ms:UInt64}) AS window_end,
+       seg.1 AS segment, seg.2 AS segment_value,
+       count() AS predictions,
+       countIf(labeled) AS labeled_events,
+       countIf(late) AS late_labels,
+       labeled_events / predictions AS label_coverage,
+       avgIf(predicted = actual, labeled) AS accuracy,
+       countIf(labeled AND predicted_positive AND positive)
+           / countIf(labeled AND predicted_positive) AS precision,
+       countIf(labeled AND predicted_positive AND positive)
+           / countIf(labeled AND positive) AS recall,
+       avgIf(pow(score - positive, 2), labeled AND {binary:UInt8}) AS brier,
+       -avgIf(positive * log(clamped) + (1 - positive) * log(1 - clamped),
+              labeled AND {binary:UInt8}) AS log_loss,
+       countIf(labeled AND positive) AS positives,
+       countIf(labeled AND predicted_positive) AS predicted_positives,
+       countIf(labeled AND predicted_positive AND positive) AS true_positives,
+       ifNull(avgIf(abs(score - actual_value), labeled AND {regressor:UInt8}), nan) AS mae,
+       ifNull(sqrt(avgIf(pow(score - actual_value, 2), labeled AND {regressor:UInt8})), nan)
+           AS rmse,
+       window_start + toIntervalMillisecond({window_ms:UInt64} + {horizon_ms:UInt64})
+           <= {now:DateTime64(3, 'UTC')} AS final,
+       {revision:UInt64} AS revision,
+       {now:DateTime64(3, 'UTC')} AS computed_at
+FROM
+(
+    SELECT p.pipeline AS pipeline, p.model AS model, p.model_version AS model_version,
+           p.variant AS variant,
+           toStartOfInterval(p.scored_time, toIntervalMillisecond({window_ms:UInt64}))
+               AS window_start,
+           p.label AS predicted, f.label AS actual, toFloat64OrNull(f.label) AS actual_value,
+           p.score AS score, least(greatest(p.score, 1e-15), 1 - 1e-15) AS clamped,
+           f.event_id != '' AS has_label,
+           has_label AND dateDiff('millisecond', p.scored_time, f.label_time)
+               <= {horizon_ms:UInt64} AS labeled,
+           has_label AND NOT labeled AS late,
+           f.label = {positive:String} AS positive,
+           p.label = {positive:String} AS predicted_positive,
+           e.strings AS strings
+    FROM prediction_log AS p FINAL
+    LEFT JOIN
+    (
+        SELECT event_id, label, label_time FROM feedback FINAL
+        WHERE pipeline = {pipeline:String} AND event_id IN
+            (SELECT event_id FROM prediction_log WHERE pipeline = {pipeline:String}
+             AND scored_time >= {lo:DateTime64(3, 'UTC')}
+             AND scored_time < {hi:DateTime64(3, 'UTC')})
+    ) AS f ON p.event_id = f.event_id
+    LEFT JOIN
+    (
+        SELECT event_id, strings FROM event_log FINAL
+        WHERE pipeline = {pipeline:String} AND event_id IN
+            (SELECT event_id FROM prediction_log WHERE pipeline = {pipeline:String}
+             AND scored_time >= {lo:DateTime64(3, 'UTC')}
+             AND scored_time < {hi:DateTime64(3, 'UTC')})
+    ) AS e ON p.event_id = e.event_id
+    WHERE p.pipeline = {pipeline:String} AND p.model = {model:String}
+      AND p.model_version = {version:String}
+      AND p.scored_time >= {lo:DateTime64(3, 'UTC')} AND p.scored_time < {hi:DateTime64(3, 'UTC')}
+      AND window_start IN {windows:Array(DateTime64(3, 'UTC'))}
+)
+ARRAY JOIN arrayConcat([('all', '')],
+                       arrayMap(s -> (s, strings[s]), {segments:Array(String)})) AS seg
+GROUP BY pipeline, model, model_version, variant, window_start, segment, segment_value
+"""
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+
+
+@dataclass
+class QualityJob:
+    """Which windows to compute, and computing them; ``run`` is called about once a window."""
+
+    pipeline: PipelineConfig
+    registry: ModelRegistry
+    computed_until: int | None = None  # ms: windows ending before it had their first write
+    labels_until: datetime | None = None  # feedback.received_at read up to here
+    last_run_ms: int | None = None
+    runs: int = 0
+    windows_written: int = 0
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.pipeline.monitor.window_seconds * 1000)
+
+    @property
+    def horizon_ms(self) -> int:
+        return int(self.pipeline.quality.label_horizon_seconds * 1000)
+
+    def run(self, client: Client, now: datetime) -> int:
+        """Compute the windows that are due; return how many (window, version) pairs.
+
+        What was due stays due until every computation went through: a run that
+        fails part way is repeated whole by the next one.
+        """
+        due, after = self.due_windows(client, now)
+        written = 0
+        if due:
+            lo, hi = min(due), max(due) + self.window_ms
+            for model, version in self._versions(client, lo, hi):
+                self._compute(client, model, version, sorted(due), lo, hi, now)
+                written += len(due)
+        self.computed_until, self.last_run_ms, self.labels_until = after
+        self.runs += 1
+        self.windows_written += written
+        return written
+
+    def due_windows(
+        self, client: Client, now: datetime
+    ) -> tuple[set[int], tuple[int, int, datetime | None]]:
+        """Window starts (ms) to compute: closed since the last run, given labels since then,
+        or past their horizon since then. The first run takes every window within the
+        horizon that is not final yet (after a restart nothing is known). Also returns
+        the job's state once they are computed."""
+        w = self.window_ms
+        now_ms = _ms(now)
+        closed_until = (now_ms - int(self.pipeline.monitor.grace_seconds * 1000)) // w * w
+        params: dict[str, Any] = {"pipeline": self.pipeline.name, "w": w}
+        if self.computed_until is None or self.last_run_ms is None:
+            since = closed_until - self.horizon_ms - w
+            with_predictions = client.query(
+                "SELECT DISTINCT toUnixTimestamp64Milli(toStartOfInterval(scored_time, "
+                "toIntervalMillisecond({w:UInt64}))) FROM prediction_log "
+                "WHERE pipeline = {pipeline:String} "
+                "AND scored_time >= {since:DateTime64(3, 'UTC')}",
+                parameters={**params, "since": _ts(since)},
+            ).result_rows
+            final = client.query(
+                "SELECT DISTINCT toUnixTimestamp64Milli(window_start) FROM quality_windows FINAL "
+                "WHERE pipeline = {pipeline:String} AND final = 1 "
+                "AND window_start >= {since:DateTime64(3, 'UTC')}",
+                parameters={**params, "since": _ts(since)},
+            ).result_rows
+            due = {int(r[0]) for r in with_predictions} - {int(r[0]) for r in final}
+        else:
+            due = set(range(self.computed_until, closed_until, w))
+            last = self.last_run_ms
+            oldest = (last - self.horizon_ms - w) // w * w
+            due |= {
+                s
+                for s in range(oldest, closed_until, w)
+                if last < s + w + self.horizon_ms <= now_ms
+            }
+        received = client.query(
+            "SELECT max(received_at) FROM feedback WHERE pipeline = {pipeline:String}",
+            parameters=params,
+        ).result_rows[0][0]
+        labels_until = self.labels_until
+        news = labels_until is None or (received is not None and received > labels_until)
+        if received is not None and _ms(received) > 0 and news:
+            due |= self._labeled_windows(client, received)
+            labels_until = received
+        due = {s for s in due if s + w <= closed_until}
+        return due, (closed_until, now_ms, labels_until)
+
+    def _labeled_windows(self, client: Client, until: datetime) -> set[int]:
+        """Windows holding the events of labels received since the last run."""
+        since = self.labels_until or _ts(0)
+        rows = client.query(
+            "SELECT DISTINCT toUnixTimestamp64Milli(toStartOfInterval(scored_time, "
+            "toIntervalMillisecond({w:UInt64}))) FROM prediction_log "
+            "WHERE pipeline = {pipeline:String} AND event_id IN (SELECT event_id FROM feedback "
+            "WHERE pipeline = {pipeline:String} AND received_at > {since:DateTime64(3, 'UTC')} "
+            "AND received_at <= {until:DateTime64(3, 'UTC')})",
+            parameters={
+                "pipeline": self.pipeline.name, "w": self.window_ms, "since": since,
+                "until": until,
+            },
+        ).result_rows  # fmt: skip
+        return {int(r[0]) for r in rows}
+
+    def _versions(self, client: Client, lo: int, hi: int) -> list[tuple[str, str]]:
+        rows = client.query(
+            "SELECT DISTINCT model, model_version FROM prediction_log "
+            "WHERE pipeline = {pipeline:String} AND scored_time >= {lo:DateTime64(3, 'UTC')} "
+            "AND scored_time < {hi:DateTime64(3, 'UTC')}",
+            parameters={"pipeline": self.pipeline.name, "lo": _ts(lo), "hi": _ts(hi)},
+        ).result_rows
+        return [(str(m), str(v)) for m, v in rows]
+
+    def _compute(
+        self,
+        client: Client,
+        model: str,
+        version: str,
+        windows: list[int],
+        lo: int,
+        hi: int,
+        now: datetime,
+    ) -> None:
+        output = self._output(model, version)
+        positive = ""
+        if output is not None and output.positive_index is not None:
+            positive = output.labels[output.positive_index]
+        parameters: dict[str, Any] = {
+            "pipeline": self.pipeline.name,
+            "model": model,
+            "version": version,
+            "window_ms": self.window_ms,
+            "horizon_ms": self.horizon_ms,
+            "windows": [_ts(s) for s in windows],
+            "lo": _ts(lo),
+            "hi": _ts(hi),
+            "positive": positive,
+            "binary": int(bool(positive)),
+            "regressor": int(output is not None and output.kind == "regressor"),
+            "segments": list(self.pipeline.quality.segments),
+            "now": now,
+            "revision": _ms(now),
+        }
+        client.command(QUALITY_SQL, parameters=parameters)
+
+    def _output(self, model: str, version: str) -> Any:
+        try:
+            return self.registry.manifest(model, version).output
+        except Exception as exc:  # a version gone from the registry: accuracy still works
+            log.warning("quality of %s:%s without its manifest: %s", model, version, exc)
+            return None
