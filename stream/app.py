@@ -125,7 +125,7 @@ def create_app(
     copy_model_events(app, sink, writer)
     loggers = {
         e.pipeline.name: PredictionLogger(
-            e.pipeline, e.scorer.serdes, kafka_config, sink, writer, e.worker_id,
+            e.pipeline, kafka_config, sink, writer, e.worker_id,
             settings.stall_seconds,
         )
         for e in engines

@@ -152,11 +152,13 @@ class MonitorSpec(_Frozen):
 class QualitySpec(_Frozen):
     """Labels from ``{name}.feedback`` joined with logged predictions, in ClickHouse."""
 
-    # Share of events whose prediction (and, with log_features, input fields) is
-    # logged to ClickHouse, chosen by a hash of the Kafka key; 0 turns logging off.
+    # Share of events whose prediction (with the model's input values when
+    # log_features is on) is logged to ClickHouse prediction_log, chosen by a hash
+    # of the Kafka key; 0 turns the log off (and quality with it).
     log_sample_rate: float = Field(1.0, ge=0, le=1)
     log_features: bool = True
-    # Event fields that split quality by segment (e.g. channel, country).
+    # Event fields that split quality by segment (e.g. channel, country); logged with
+    # every prediction.
     segments: list[str] = []
     # A label counts for quality when it arrives at most this long after the
     # prediction (labels before the prediction count too); later ones are
@@ -204,6 +206,10 @@ class PipelineConfig(_Frozen):
     @property
     def feedback_topic(self) -> str:
         return f"{self.name}.feedback"
+
+    @property
+    def log_topic(self) -> str:
+        return f"{self.name}.log"
 
     @property
     def log_group(self) -> str:

@@ -1,6 +1,6 @@
--- Quality from labels: the logged predictions and inputs, the labels, and
--- quality per window, model version, variant and segment. The log tables
--- hold one row per event (a re-delivered event replaces its row).
+-- Quality from labels: the logged predictions, the labels, and quality per
+-- window, model version, variant and segment. The log holds one row per
+-- event and model version (a re-delivered event replaces its row).
 
 CREATE TABLE IF NOT EXISTS prediction_log
 (
@@ -14,23 +14,13 @@ CREATE TABLE IF NOT EXISTS prediction_log
     confidence Float64 COMMENT 'Confidence of the prediction, in [0, 1]',
     event_time DateTime64(3, 'UTC') COMMENT 'Event time of the scored event',
     scored_time DateTime64(3, 'UTC') COMMENT 'When it was scored: quality windows are by this time',
-    latency_ms Float64 COMMENT 'End-to-end latency, event time to scoring'
+    latency_ms Float64 COMMENT 'End-to-end latency, event time to scoring',
+    features Map(String, Float64) COMMENT 'The model''s input values (quality.log_features): categories as their index in the manifest, NaN for null',
+    segments Map(String, String) COMMENT 'The event''s segment fields (quality.segments)'
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (pipeline, event_id, model, model_version, variant)
-COMMENT 'Predictions (and shadow predictions) copied from {pipeline}.predictions and {pipeline}.shadow, sampled by quality.log_sample_rate';
-
-CREATE TABLE IF NOT EXISTS event_log
-(
-    pipeline LowCardinality(String) COMMENT 'Pipeline name',
-    event_id String COMMENT 'Id of the event',
-    event_time DateTime64(3, 'UTC') COMMENT 'Event time (the Kafka timestamp when the event has none)',
-    numbers Map(String, Float64) COMMENT 'Numeric fields of the event (quality.log_features), NaN for null',
-    strings Map(String, String) COMMENT 'Text fields of the event: the segment fields always, every one with quality.log_features'
-)
-ENGINE = ReplacingMergeTree
-ORDER BY (pipeline, event_id)
-COMMENT 'Inputs copied from {pipeline}.events, sampled like prediction_log: segments for quality, features for retraining';
+COMMENT 'Every prediction and shadow prediction, with its inputs and segments, sampled by quality.log_sample_rate (by a hash of the Kafka key)';
 
 CREATE TABLE IF NOT EXISTS feedback
 (

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream.errors import ServiceError
@@ -28,10 +29,11 @@ from stream.settings import PROJECT_ROOT, PipelineConfig
 
 PEERS_DIR = PROJECT_ROOT / "bench"
 QUIX_REQUIREMENT = "quixstreams==3.28.1"
-ENGINES = ("pipeline", "pipeline-eos", "bare", "quix", "faust")
+ENGINES = ("pipeline", "pipeline-eos", "pipeline-nolog", "bare", "quix", "faust")
 TITLES = {
     "pipeline": "this pipeline, every feature on",
     "pipeline-eos": "this pipeline, exactly-once",
+    "pipeline-nolog": "this pipeline, prediction log off",
     "bare": "bare confluent-kafka loop",
     "quix": "Quix Streams, sdf.apply per event",
     "faust": "faust agent, per event",
@@ -45,6 +47,9 @@ class RunResult:
     cpu_seconds: float
     peak_rss_mib: float
     cpu_events: int | None = None  # events the CPU seconds cover, when not all of them
+    # Seconds the prediction log still needed after the last event was scored
+    # (0: it kept up); None where it is off.
+    log_behind_s: float | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -62,6 +67,7 @@ class RunResult:
             "events_per_s": round(self.events_per_s, 1),
             "cpu_s_per_1k": round(self.cpu_per_1k, 4),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
+            **({} if self.log_behind_s is None else {"log_behind_s": round(self.log_behind_s, 2)}),
         }
 
 
@@ -105,6 +111,7 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
     """A `stream worker`, timed by its status page once it is fully up, to its last event."""
     group = bench.pipeline.engine_group
     _delete_groups(bench.bootstrap, [group])  # read the topic from the start again
+    _start_log_group(bench)
     worker = bench.worker(bench.pipeline_files[engine], bench.folder / f"{engine}-{run}")
     try:
         pid = worker.pid
@@ -123,6 +130,7 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
             if done >= bench.events and first is not None:
                 finished, cpu = time.time(), _cpu_seconds(pid)
                 peak = worker.memory_mib()["peak"]
+                behind = _log_catch_up(worker, bench, pipeline["logger"], finished)
                 break
             if time.monotonic() > deadline:
                 raise ServiceError(
@@ -138,7 +146,10 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
     if done_then < bench.events // 2:
         # Steady state, as the peers are measured from their first event: the engine
         # starts before the faust app, which takes CPU while it boots.
-        return RunResult(bench.events - done_then, finished - started, cpu - cpu_started, peak)
+        return RunResult(
+            bench.events - done_then, finished - started, cpu - cpu_started, peak,
+            log_behind_s=behind,
+        )  # fmt: skip
     # A small run the engine mostly finished while the app booted: time it from the
     # partition assignment; its CPU covers only the events after the first look.
     return RunResult(
@@ -147,6 +158,7 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
         cpu - cpu_started,
         peak,
         cpu_events=bench.events - done_then,
+        log_behind_s=behind,
     )
 
 
@@ -180,6 +192,42 @@ def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
         float(report["cpu_seconds"]),
         float(report["peak_rss_mib"]),
     )
+
+
+def _log_catch_up(
+    worker: WorkerProcess, bench: Workbench, logger: dict[str, Any] | None, finished: float
+) -> float | None:
+    """Wait for the prediction log to hold every prediction of the run; the seconds it took."""
+    if logger is None:
+        return None
+    name = bench.pipeline.name
+    worker.wait_until(
+        lambda s: s["pipelines"][name]["logger"]["predictions"] >= bench.events,
+        bench.timeout,
+        "the prediction log to catch up",
+    )
+    return time.time() - finished
+
+
+def _start_log_group(bench: Workbench) -> None:
+    """The logger of the next run reads every event again, and only that run's predictions."""
+    pipeline = bench.pipeline
+    consumer = Consumer({"bootstrap.servers": bench.bootstrap, "group.id": pipeline.log_group})
+    try:
+        offsets = []
+        for topic in (pipeline.events_topic, pipeline.predictions_topic, pipeline.shadow_topic,
+                      pipeline.feedback_topic):  # fmt: skip
+            for partition in range(pipeline.partitions):
+                tp = TopicPartition(topic, partition)
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                offsets.append(
+                    TopicPartition(
+                        topic, partition, low if topic == pipeline.events_topic else high
+                    )
+                )
+        consumer.commit(offsets=offsets, asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def _delete_groups(bootstrap: str, groups: list[str]) -> None:

@@ -115,10 +115,15 @@ def _prepare(
         }
     )
     files = {}
-    for engine, guarantee in (("pipeline", "at_least_once"), ("pipeline-eos", "exactly_once")):
+    variants: dict[str, dict[str, Any]] = {
+        "pipeline": {},
+        "pipeline-eos": {"processing_guarantee": "exactly_once"},
+        # The cost of the prediction log that quality from labels reads.
+        "pipeline-nolog": {"quality": {"log_sample_rate": 0.0}},
+    }
+    for engine, changes in variants.items():
         path = folder / f"{engine}.yaml"
-        config = pipeline.model_dump(by_alias=True)
-        config["processing_guarantee"] = guarantee
+        config = {**pipeline.model_dump(by_alias=True), **changes}
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         files[engine] = path
     spec = folder / "spec.json"
@@ -193,9 +198,11 @@ def _throughput(
                     console.print(f"[red]{engine} failed:[/] {exc}")
                     continue
             outcome.runs.append(result)
+            behind = result.log_behind_s
             console.print(
-                f"run {run + 1}/{options.runs} {engine:<13} {result.events_per_s:>10,.0f} events/s"
+                f"run {run + 1}/{options.runs} {engine:<14} {result.events_per_s:>10,.0f} events/s"
                 f"  {result.cpu_per_1k:.3f} CPU s/1k  {result.peak_rss_mib:.0f} MiB"
+                + ("" if behind is None else f"  prediction log {behind:.1f}s behind at the end")
             )
     return results
 

@@ -171,8 +171,9 @@ def bench(
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the batching engines.")] = 1000,
     format: Annotated[str, typer.Option(help="Event encoding: avro or json.")] = "avro",
     engines: Annotated[
-        str, typer.Option(help="Comma-separated: pipeline,pipeline-eos,bare,quix,faust.")
-    ] = "pipeline,pipeline-eos,bare,quix,faust",
+        str,
+        typer.Option(help="Comma-separated: pipeline,pipeline-eos,pipeline-nolog,bare,quix,faust."),
+    ] = "pipeline,pipeline-eos,pipeline-nolog,bare,quix,faust",
     latency: Annotated[
         str,
         typer.Option(help="Shares of the pipeline's max rate for the latency runs; '' for none."),

@@ -32,6 +32,7 @@ from stream.errors import (
 )
 from stream.models.key import ModelKey
 from stream.models.runtime import Prediction
+from stream.quality.logbatch import PredictionLogBatch
 from stream.serde import Serde, SerdeContext
 from stream.settings import PipelineConfig
 
@@ -110,6 +111,7 @@ class BatchScorer:
         self._clock = clock
         self._cpu = cpu
         self._scored: dict[ModelKey, int] = {}  # events per model version in the batch
+        self.log = PredictionLogBatch(pipeline)
         self._window_ms = int(pipeline.monitor.window_seconds * 1000)
         self.swap(runtime)
         self._events_ctx = SerdeContext(pipeline.events_topic)
@@ -158,6 +160,8 @@ class BatchScorer:
             routed = [(record, event, "shadow") for record, event in decoded]
             self._score_group(runtime, runtime.models[shadow], routed, shadow=True)
         self._attribute_cpu(runtime)
+        for message in self.log.drain():
+            self.writer.produce(self.pipeline.log_topic, message)
 
     def _attribute_cpu(self, runtime: Runtime) -> None:
         """Share the CPU time since the last batch among the versions that scored, by events.
@@ -266,6 +270,8 @@ class BatchScorer:
         threshold = self.pipeline.review_threshold
         topic = self.pipeline.shadow_topic if shadow else self.pipeline.predictions_topic
         latencies = np.empty(len(accepted), dtype=np.float64)
+        event_times = np.empty(len(accepted), dtype=np.int64)
+        out_labels: list[str] = []
         reviews = 0
         # Whole columns to Python once per batch, not one numpy scalar at a time.
         label_indexes = prediction.label_index.tolist()
@@ -280,10 +286,12 @@ class BatchScorer:
                 event_time = record.timestamp()[1]
             latency_ms = float(max(now_ms - event_time, 0))
             latencies[i] = latency_ms
+            event_times[i] = event_time
             label_index = label_indexes[i]
             score = scores[i]
             confidence = confidences[i]
             label = labels[label_index] if label_index >= 0 else repr(score)
+            out_labels.append(label)
             out = {
                 "event_id": row.event_id,
                 "key": key,
@@ -305,6 +313,23 @@ class BatchScorer:
                 reviews += 1
                 self._review(record, out, threshold)
         self._scored[serving.key] = self._scored.get(serving.key, 0) + len(accepted)
+        if self.log.enabled:
+            self.log.add(
+                manifest.name,
+                manifest.version,
+                [record.key() for (record, _, _), _ in accepted],
+                [row.event_id for _, row in accepted],
+                [variant for (_, _, variant), _ in accepted],
+                out_labels,
+                prediction.score,
+                prediction.confidence,
+                event_times,
+                now_ms,
+                latencies,
+                manifest.feature_names,
+                raw,
+                [event for (_, event, _), _ in accepted],
+            )
         acc = self.accumulator(serving)
         acc.layout.fold(
             acc.window(now_ms),

@@ -46,7 +46,8 @@ class ScoringEngine(BackgroundLoop):
     Checkpoint order (the one place it is written down, see ``checkpoint``):
 
     - at-least-once: partial aggregates produced → producer flushed, every
-      output acknowledged → consumed offsets committed. A crash anywhere before
+      output acknowledged (predictions, review items, dead letters, shadow
+      predictions, the prediction log's batches) → consumed offsets committed. A crash anywhere before
       the commit replays the events since the last checkpoint (duplicates
       bounded by one checkpoint interval).
     - exactly-once: outputs and consumed offsets are committed together in one

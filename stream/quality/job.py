@@ -1,7 +1,7 @@
 """Quality per window, model version, variant and segment, computed in ClickHouse.
 
-The prediction log joined with the feedback (and the event log for the
-segment fields) gives ``quality_windows``. A window (by scoring time, the
+The prediction log (with the segment fields of each event) joined with the
+feedback gives ``quality_windows``. A window (by scoring time, the
 monitor's window length) is computed when it closes, again whenever labels for
 its events arrive, and a last time once the label horizon has passed for all
 of it (``final = 1``). Each computation replaces the one before it (a higher
@@ -64,7 +64,7 @@ FROM
            has_label AND NOT labeled AS late,
            f.label = {positive:String} AS positive,
            p.label = {positive:String} AS predicted_positive,
-           e.strings AS strings
+           p.segments AS segments
     FROM prediction_log AS p FINAL
     LEFT JOIN
     (
@@ -74,21 +74,13 @@ FROM
              AND scored_time >= {lo:DateTime64(3, 'UTC')}
              AND scored_time < {hi:DateTime64(3, 'UTC')})
     ) AS f ON p.event_id = f.event_id
-    LEFT JOIN
-    (
-        SELECT event_id, strings FROM event_log FINAL
-        WHERE pipeline = {pipeline:String} AND event_id IN
-            (SELECT event_id FROM prediction_log WHERE pipeline = {pipeline:String}
-             AND scored_time >= {lo:DateTime64(3, 'UTC')}
-             AND scored_time < {hi:DateTime64(3, 'UTC')})
-    ) AS e ON p.event_id = e.event_id
     WHERE p.pipeline = {pipeline:String} AND p.model = {model:String}
       AND p.model_version = {version:String}
       AND p.scored_time >= {lo:DateTime64(3, 'UTC')} AND p.scored_time < {hi:DateTime64(3, 'UTC')}
       AND window_start IN {windows:Array(DateTime64(3, 'UTC'))}
 )
 ARRAY JOIN arrayConcat([('all', '')],
-                       arrayMap(s -> (s, strings[s]), {segments:Array(String)})) AS seg
+                       arrayMap(s -> (s, segments[s]), {segments:Array(String)})) AS seg
 GROUP BY pipeline, model, model_version, variant, window_start, segment, segment_value
 """
 

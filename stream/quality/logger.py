@@ -1,17 +1,15 @@
-"""The prediction logger: copies what quality needs into ClickHouse, off the hot path.
+"""The prediction logger: the prediction log and the labels into ClickHouse, off the hot path.
 
-A consumer of its own (group ``stream.{p}.log``) reads ``{p}.predictions``,
-``{p}.shadow``, ``{p}.feedback`` and, for segments and features,
-``{p}.events``; it writes ``prediction_log``, ``event_log`` and ``feedback``
-and commits its offsets only after ClickHouse took the rows (at-least-once; a
-row written twice replaces itself). The scoring engine never waits for it:
-when ClickHouse is away the logger falls behind and catches up from Kafka.
+A consumer of its own (group ``stream.{p}.log``) reads ``{p}.log`` (Arrow
+record batches the engine writes, see ``stream.quality.logbatch``) and
+``{p}.feedback`` (labels); it writes ``prediction_log`` and ``feedback`` and
+commits its offsets only after ClickHouse took the rows (at-least-once; a row
+written twice replaces itself). The scoring engine never waits for it: when
+ClickHouse is away the logger falls behind and catches up from Kafka.
 
-Why a consumer and not a faust table joining labels with predictions: a
-table holding every prediction writes one changelog record per event and
-would hold the pipeline to faust's speed. Here ClickHouse does the join
-(``stream.quality.job``), and the cost per event is one more read of each
-record, off the engine's thread.
+Why not a faust table joining labels with predictions: a table holding every
+prediction writes one changelog record per event and would hold the pipeline
+to faust's speed. Here ClickHouse does the join (``stream.quality.job``).
 """
 
 from __future__ import annotations
@@ -19,27 +17,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from stream.background import BackgroundLoop
 from stream.engine.outputs import OutputWriter, dead_letter_headers
-from stream.engine.scorer import EngineSerdes
-from stream.errors import EventContext, EventError, SinkUnavailable, ValidationError
-from stream.quality.rows import (
-    EVENT_LOG_COLUMNS,
-    FEEDBACK_COLUMNS,
-    PREDICTION_LOG_COLUMNS,
-    Sampler,
-    event_row,
-    feedback_row,
-    prediction_row,
-)
-from stream.serde import SerdeContext
+from stream.errors import EventContext, SinkUnavailable, ValidationError
+from stream.quality import logbatch
+from stream.quality.rows import FEEDBACK_COLUMNS, feedback_row
 from stream.settings import PipelineConfig
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -52,7 +42,6 @@ class PredictionLogger(BackgroundLoop):
     def __init__(
         self,
         pipeline: PipelineConfig,
-        serdes: EngineSerdes,
         kafka_config: dict[str, Any],
         sink: ClickHouseSink,
         writer: ThreadPoolExecutor,
@@ -61,20 +50,15 @@ class PredictionLogger(BackgroundLoop):
     ) -> None:
         super().__init__(f"logger-{pipeline.name}", stall_after)
         self.pipeline = pipeline
-        self.serdes = serdes
         self.sink = sink
         self._writer = writer
         self._kafka_config = kafka_config
         self._worker_id = worker_id
-        self._sampler = Sampler(pipeline.quality.log_sample_rate)
         self._dead = OutputWriter(
             Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 5})
         )
-        quality = pipeline.quality
-        self.topics = [pipeline.predictions_topic, pipeline.shadow_topic, pipeline.feedback_topic]
-        if quality.log_features or quality.segments:
-            self.topics.append(pipeline.events_topic)
-        self.counts = {"predictions": 0, "events": 0, "labels": 0, "bad_labels": 0, "skipped": 0}
+        self.topics = [pipeline.log_topic, pipeline.feedback_topic]
+        self.counts = {"predictions": 0, "labels": 0, "bad_labels": 0, "bad_batches": 0}
         self._owned: set[tuple[str, int]] = set()
 
     def _loop(self) -> None:
@@ -98,8 +82,8 @@ class PredictionLogger(BackgroundLoop):
                 records = [m for m in records if (m.topic(), m.partition()) in self._owned]
                 if not records:
                     continue
-                tables = self._rows(records)
-                if not self._write(tables):
+                log_stream, rows, labels = self._read(records)
+                if not self._write(log_stream, rows, labels):
                     return  # stopping while ClickHouse was away: nothing committed
                 self._dead.acknowledge()
                 self._commit(consumer, records)
@@ -117,37 +101,30 @@ class PredictionLogger(BackgroundLoop):
             log.warning("logger consumer error: %s", err)
         return False
 
-    def _rows(self, records: list[Any]) -> dict[str, list[list[Any]]]:
-        p = self.pipeline
-        predictions: list[list[Any]] = []
-        events: list[list[Any]] = []
+    def _read(self, records: list[Any]) -> tuple[bytes | None, int, list[list[Any]]]:
+        """The log batches as one Arrow stream (and its rows), and the label rows."""
+        batches: list[bytes] = []
         labels: list[list[Any]] = []
         now = datetime.now(UTC)
         for m in records:
-            topic = m.topic()
-            if topic == p.feedback_topic:
+            if m.topic() == self.pipeline.feedback_topic:
                 labels.extend(self._label(m, now))
                 continue
-            if not self._sampler.keeps(m.key()):
-                self.counts["skipped"] += 1
-                continue
             try:
-                value = m.value() or b""
-                if topic == p.events_topic:
-                    decoded = self.serdes.events.deserialize(value, SerdeContext(topic))
-                    row = event_row(p, decoded, m.timestamp()[1])
-                    if row is not None:
-                        events.append(row)
-                else:
-                    decoded = self.serdes.predictions.deserialize(value, SerdeContext(topic))
-                    predictions.append(prediction_row(p.name, decoded))
-            except (EventError, KeyError, TypeError, ValueError):
-                # The engine dead-lettered what it could not read; nothing to log.
-                self.counts["skipped"] += 1
-        self.counts["predictions"] += len(predictions)
-        self.counts["events"] += len(events)
+                logbatch.decode([m.value() or b""])
+            except ValueError as exc:
+                # Only engines write this topic; a stranger's record is logged and left.
+                self.counts["bad_batches"] += 1
+                log.warning("%s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), exc)
+                continue
+            batches.append(m.value() or b"")
+        stream, rows = None, 0
+        if batches:
+            table = logbatch.decode(batches)
+            stream, rows = logbatch.encode(table), table.num_rows
+        self.counts["predictions"] += rows
         self.counts["labels"] += len(labels)
-        return {"prediction_log": predictions, "event_log": events, "feedback": labels}
+        return stream, rows, labels
 
     def _label(self, message: Any, now: datetime) -> list[list[Any]]:
         try:
@@ -167,18 +144,21 @@ class PredictionLogger(BackgroundLoop):
             self.counts["bad_labels"] += 1
             return []
 
-    def _write(self, tables: dict[str, list[list[Any]]]) -> bool:
-        """Insert every table's rows, waiting out ClickHouse outages; False when stopping."""
-        columns: dict[str, Sequence[str]] = {
-            "prediction_log": PREDICTION_LOG_COLUMNS,
-            "event_log": EVENT_LOG_COLUMNS,
-            "feedback": FEEDBACK_COLUMNS,
-        }
-        for table, rows in tables.items():
+    def _write(self, log_stream: bytes | None, rows: int, labels: list[list[Any]]) -> bool:
+        """Insert the log and the labels, waiting out ClickHouse outages; False when stopping."""
+        work: list[Callable[[], None]] = []
+        if log_stream is not None:
+            work.append(
+                partial(
+                    self.sink.insert_arrow, "prediction_log", logbatch.COLUMNS, log_stream, rows
+                )
+            )
+        if labels:
+            work.append(partial(self.sink.insert, "feedback", FEEDBACK_COLUMNS, labels))
+        for insert in work:
             while True:
                 try:
-                    future = self._writer.submit(self.sink.insert, table, columns[table], rows)
-                    future.result()
+                    self._writer.submit(insert).result()
                     break
                 except SinkUnavailable:
                     if self.stopping:

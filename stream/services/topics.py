@@ -43,6 +43,7 @@ def pipeline_topics(pipeline: PipelineConfig, replication: int) -> list[NewTopic
         NewTopic(pipeline.shadow_topic, p, replication),
         NewTopic(pipeline.alerts_topic, 1, replication),
         NewTopic(pipeline.feedback_topic, p, replication),
+        NewTopic(pipeline.log_topic, p, replication),
         # One partition: a few partials a second, and one clock for every model version.
         NewTopic(pipeline.monitor_topic, 1, replication),
     ]

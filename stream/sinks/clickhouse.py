@@ -166,6 +166,16 @@ class ClickHouseSink:
         self.failed_inserts = 0
         self.rows_written = 0
 
+    def insert_arrow(self, table: str, columns: Sequence[str], stream: bytes, rows: int) -> None:
+        """Write an Arrow IPC stream of ``rows`` rows as it is (ClickHouse reads the format)."""
+        try:
+            self._client.raw_insert(table, list(columns), insert_block=stream, fmt="ArrowStream")
+        except Exception as exc:
+            self._failed(table, exc)
+            raise SinkUnavailable(f"ClickHouse did not take {table}: {self.last_error}") from exc
+        self.rows_written += rows
+        self._recovered()
+
     def run(self, work: Callable[[Client], Any]) -> Any:
         """Run ``work`` with the client (queries, INSERT ... SELECT), on the writer thread.
 

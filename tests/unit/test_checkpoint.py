@@ -91,6 +91,7 @@ def test_partials_then_acknowledgement_then_commit(engine: ScoringEngine) -> Non
     assert journal == [
         "produce payments.deadletter",
         "produce payments.predictions",
+        "produce payments.log",  # the prediction log: an output like the predictions
         "produce payments.monitor",
         "flush",
         "commit 0@9",
@@ -176,6 +177,7 @@ def test_exactly_once_commits_outputs_and_offsets_together_then_partials(
     engine.checkpoint()
     assert journal == [
         "produce payments.predictions",
+        "produce payments.log",  # in the transaction, with the predictions
         "flush",
         "send offsets 0@5",
         "commit transaction",

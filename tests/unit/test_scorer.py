@@ -18,6 +18,7 @@ from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel, Prediction
 from stream.monitor.histograms import batch_bucket
+from stream.quality.logbatch import decode
 from stream.serde import AvroSerde, JsonSerde, SerdeContext, load_schema
 from stream.settings import PROJECT_ROOT, PipelineConfig
 from tests.unit.fakes import FakeProducer, FakeRecord
@@ -307,3 +308,23 @@ def test_cpu_time_is_shared_by_the_versions_a_batch_scored(registry: ModelRegist
     assert v1.batches.sum() == 2
     assert v1.batches[batch_bucket(300)] == 1 and v1.batches[batch_bucket(100)] == 1
     assert batch_bucket(256) == 8 and batch_bucket(257) == 9
+
+
+def test_every_prediction_and_shadow_prediction_is_logged_with_the_batch(
+    registry: ModelRegistry,
+) -> None:
+    state = initial_state("payments", V1).deploy(V2, shadow=True)
+    pipeline = PIPELINE.with_overrides(quality={"segments": ["channel"]})
+    scorer, producer = make_scorer(build_runtime(pipeline, state.current, registry), pipeline)
+    recs, evs = records(50)
+    scorer.score(recs)
+    (message,) = producer.on("payments.log")
+    rows = decode([message.value]).to_pylist()
+    assert sorted((r["model_version"], r["variant"]) for r in rows) == sorted(
+        [("1", "champion")] * 50 + [("2", "shadow")] * 50
+    )
+    by_id = {r["event_id"]: r for r in rows if r["variant"] == "champion"}
+    for e in evs:
+        row = by_id[e["event_id"]]
+        assert dict(row["segments"]) == {"channel": e["channel"]}
+        assert dict(row["features"])["amount"] == pytest.approx(e["amount"])

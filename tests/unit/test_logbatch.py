@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream.quality.logbatch import MAX_ROWS, PredictionLogBatch, Sampler, decode
+from stream.settings import PipelineConfig
+
+
+def pipeline(**quality: Any) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {"name": "p", "model": {"name": "m", "version": "1"}, "quality": quality}
+    )
+
+
+def add(batch: PredictionLogBatch, n: int, first: int = 0) -> None:
+    ids = [f"e{first + i}" for i in range(n)]
+    raw = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
+    raw[0, 1] = np.nan
+    batch.add(
+        "m", "1", [i.encode() for i in ids], ids, ["champion"] * n, ["fraud"] * n,
+        np.full(n, 0.9), np.full(n, 0.9), np.full(n, 1_000, np.int64), 1_500, np.full(n, 500.0),
+        ["amount", "gap"], raw,
+        [{"channel": "web" if i % 2 else "app", "country": None} for i in range(n)],
+    )  # fmt: skip
+
+
+def test_sampling_keeps_the_same_keys_at_about_the_rate() -> None:
+    half, everything, nothing = Sampler(0.5), Sampler(1.0), Sampler(0.0)
+    keys = [f"customer-{i}".encode() for i in range(20_000)]
+    kept = [k for k in keys if half.keeps(k)]
+    assert 0.48 < len(kept) / len(keys) < 0.52
+    assert kept == [k for k in keys if half.keeps(k)], "the same keys every time"
+    assert all(everything.keeps(k) for k in keys) and not any(nothing.keeps(k) for k in keys)
+    assert nothing.keeps(None), "records without a key are kept"
+
+
+def test_batches_round_trip_with_features_and_segments() -> None:
+    batch = PredictionLogBatch(pipeline(segments=["channel", "country"]))
+    add(batch, 3)
+    add(batch, MAX_ROWS, first=3)
+    messages = batch.drain()
+    assert len(messages) == 2 and batch.drain() == []
+    table = decode(messages)
+    assert table.num_rows == MAX_ROWS + 3
+    rows = table.to_pylist()
+    first = rows[0]
+    assert (first["event_id"], first["model"], first["label"]) == ("e0", "m", "fraud")
+    features = dict(first["features"])
+    assert features["amount"] == 0.0 and math.isnan(features["gap"])
+    assert dict(first["segments"]) == {"channel": "app", "country": ""}
+    assert first["scored_time"].timestamp() == 1.5
+
+
+def test_without_features_and_sampled() -> None:
+    batch = PredictionLogBatch(pipeline(log_features=False, log_sample_rate=0.5))
+    add(batch, 400)
+    rows = decode(batch.drain()).to_pylist()
+    assert 150 < len(rows) < 250
+    assert all(dict(r["features"]) == {} and dict(r["segments"]) == {} for r in rows)
+    kept = {r["event_id"] for r in rows}
+    assert kept == {f"e{i}" for i in range(400) if Sampler(0.5).keeps(f"e{i}".encode())}
+
+
+def test_bytes_that_are_not_a_batch_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a prediction log batch"):
+        decode([b"\x00garbage"])
