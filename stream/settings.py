@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         None, description="chdb:///path (embedded) or http(s)://user:pass@host:8123/db"
     )
     clickhouse_database: str = "stream"
+    clickhouse_retention_days: int = Field(
+        365, ge=0, description="Days ClickHouse keeps window, alert and model event rows; 0: always"
+    )
+    clickhouse_log_retention_days: int = Field(
+        30, ge=0, description="Days ClickHouse keeps prediction_log and feedback rows; 0: always"
+    )
     registry: Path | None = Field(None, description="Model registry folder")
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     migrations_dir: Path = PROJECT_ROOT / "ops" / "clickhouse"

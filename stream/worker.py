@@ -19,7 +19,7 @@ from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
 from stream.services.topics import ensure_topics, wait_for_broker
 from stream.settings import PipelineConfig, Settings, load_pipeline
-from stream.sinks.clickhouse import ClickHouseSink, connect, migrate
+from stream.sinks.clickhouse import ClickHouseSink, apply_retention, connect, migrate
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
     clickhouse = connect(settings.dsn, settings.clickhouse_database)
     try:
         migrate(clickhouse, settings.migrations_dir)
+        apply_retention(
+            clickhouse, settings.clickhouse_retention_days, settings.clickhouse_log_retention_days
+        )
         registry = ModelRegistry(settings.registry_path)
         schemas = schema_registry(settings)
         engines = [

@@ -101,16 +101,25 @@ def produce(
 
 @db.command("migrate")
 def db_migrate() -> None:
-    """Apply the SQL migrations in ops/clickhouse/ that were not applied yet."""
-    from stream.sinks.clickhouse import connect, migrate
+    """Apply the SQL migrations in ops/clickhouse/ that were not applied yet, and retention."""
+    from stream.sinks.clickhouse import apply_retention, connect, migrate
 
     settings = configure()
     ch = connect(settings.dsn, settings.clickhouse_database)
     try:
         applied = migrate(ch, settings.migrations_dir)
+        retention = apply_retention(
+            ch, settings.clickhouse_retention_days, settings.clickhouse_log_retention_days
+        )
     finally:
         ch.close()
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if retention:
+        console.print(
+            f"retention: {settings.clickhouse_retention_days} days for windows and alerts, "
+            f"{settings.clickhouse_log_retention_days} days for the prediction log and labels "
+            f"(0: kept for ever); changed on {', '.join(retention)}"
+        )
 
 
 @app.command()

@@ -47,9 +47,9 @@ class ScoringEngine(BackgroundLoop):
 
     - at-least-once: partial aggregates produced → producer flushed, every
       output acknowledged (predictions, review items, dead letters, shadow
-      predictions, the prediction log's batches) → consumed offsets committed. A crash anywhere before
-      the commit replays the events since the last checkpoint (duplicates
-      bounded by one checkpoint interval).
+      predictions, the prediction log's batches) → consumed offsets
+      committed. A crash anywhere before the commit replays the events since
+      the last checkpoint (duplicates bounded by one checkpoint interval).
     - exactly-once: outputs and consumed offsets are committed together in one
       Kafka transaction → then the partial aggregates are produced (outside it,
       so the monitor never reads aborted data). A crash before the commit

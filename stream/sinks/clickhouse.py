@@ -138,6 +138,44 @@ def migrate(ch: ClickHouse, migrations_dir: Path) -> list[str]:
     return applied
 
 
+# Time column of each table that retention applies to; the log tables grow with
+# every event, the others with every window.
+WINDOW_TABLES = {
+    "latency_windows": "window_start",
+    "drift_windows": "window_start",
+    "quality_windows": "window_start",
+    "alerts": "window_start",
+    "model_events": "at",
+}
+LOG_TABLES = {"prediction_log": "scored_time", "feedback": "received_at"}
+
+
+def apply_retention(ch: ClickHouse, window_days: int, log_days: int) -> list[str]:
+    """Set each table's TTL to its retention (0 keeps rows for ever); return the tables changed.
+
+    Only a TTL that differs is changed: changing one makes ClickHouse rewrite
+    the table's parts.
+    """
+    rows = ch.client.query(
+        "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase()"
+    ).result_rows
+    engines = {str(name): str(engine) for name, engine in rows}
+    changed = []
+    for tables, days in ((WINDOW_TABLES, window_days), (LOG_TABLES, log_days)):
+        for table, column in tables.items():
+            engine = engines.get(table, "")
+            ttl = f"TTL toDateTime({column}) + toIntervalDay({days})"
+            if days and ttl not in engine:
+                ch.client.command(f"ALTER TABLE {table} MODIFY {ttl}")
+            elif not days and " TTL " in engine:
+                ch.client.command(f"ALTER TABLE {table} REMOVE TTL")
+            else:
+                continue
+            changed.append(table)
+            log.info("retention of %s: %s", table, f"{days} days" if days else "none")
+    return changed
+
+
 class ClickHouseSink:
     """Inserts of finished windows, and whether ClickHouse takes them right now.
 

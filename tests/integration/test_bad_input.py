@@ -115,8 +115,13 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
         )  # fmt: skip
         return result.stdout
 
-    assert "applied: 001_windows.sql" in migrate()
-    assert "schema is up to date" in migrate()
+    first = migrate()
+    assert "applied: 001_windows.sql" in first
+    assert "retention: 365 days for windows and alerts, 30 days for the prediction log" in first
+    again = migrate()
+    assert "schema is up to date" in again and "retention" not in again, "nothing changed"
+    env["STREAM_CLICKHOUSE_LOG_RETENTION_DAYS"] = "0"
+    assert "changed on prediction_log, feedback" in migrate(), "0 keeps the log for ever"
 
 
 @pytest.mark.parametrize(
