@@ -143,6 +143,46 @@ def query(sql: Annotated[str, typer.Argument(help="A ClickHouse SQL query.")]) -
 
 
 @app.command()
+def report(
+    pipeline: Annotated[
+        str | None,
+        typer.Option(help="Pipeline name; by default the only one ClickHouse has windows of."),
+    ] = None,
+    since: Annotated[str, typer.Option(help="From when: 30m, 24h, 7d or an ISO time.")] = "24h",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the page (one HTML file) here.")
+    ] = None,
+) -> None:
+    """Latency, drift, quality, cost and alerts from ClickHouse: a summary, and a page."""
+    from datetime import UTC, datetime
+
+    from stream import report as pages
+    from stream.sinks.clickhouse import connect
+
+    settings = configure()
+    now = datetime.now(UTC)
+    start = pages.parse_since(since, now)
+    ch = connect(settings.dsn, settings.clickhouse_database)
+    try:
+        known = pages.pipelines(ch.client)
+        if pipeline is None:
+            if len(known) != 1:
+                raise SettingsError(
+                    "--pipeline", f"choose one of {known}" if known else "no windows in ClickHouse"
+                )
+            pipeline = known[0]
+        elif pipeline not in known:
+            raise SettingsError("--pipeline", f"no windows of {pipeline!r} (there are: {known})")
+        data = pages.load(ch.client, pipeline, start, now)
+    finally:
+        ch.close()
+    pages.summary(data, console)
+    if out is not None:
+        out.write_text(pages.render(data))
+        console.print(f"report in {out}")
+
+
+@app.command()
 def broker() -> None:
     """Run a local single-node Kafka broker in the foreground until Ctrl-C."""
     import signal

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -118,6 +121,18 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
     assert message.startswith(f"Feature {DRIFTED} drifted strongly (PSI ")
     kafka = read_to_end(harness.kafka_config, [pipeline.alerts_topic])[pipeline.alerts_topic]
     assert {json.loads(m.value())["alert_id"] for m in kafka} == {a[0] for a in alert_rows}
+
+    # The report reads the same tables: a summary, and a page with every chart.
+    page = harness.tmp / "report.html"
+    shown = subprocess.run(
+        [sys.executable, "-m", "stream", "report", "--pipeline", pipeline.name, "--since", "1h",
+         "--out", str(page)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "STREAM_CLICKHOUSE_DSN": harness.dsn, "COLUMNS": "120"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"{len(predictions):,} in" in shown.stdout and DRIFTED in shown.stdout
+    assert page.read_text().count('<figure class="chart"') == 3, "no labels: no quality chart"
 
 
 def _all_keys(

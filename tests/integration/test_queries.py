@@ -1,16 +1,23 @@
-"""Every query in docs/queries.md runs against tables written by the pipeline's own code."""
+"""docs/queries.md and `stream report` against tables written by the pipeline's own code."""
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from rich.console import Console
 
+from stream import report
 from stream.demo.data import FEATURES, generate
 from stream.deploy.control import model_event
 from stream.models.manifest import ModelManifest
@@ -44,6 +51,7 @@ PIPELINE = PipelineConfig.model_validate(
     }
 )
 EVENTS_PER_WINDOW = 1000
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def examples() -> list[str]:
@@ -159,3 +167,38 @@ def test_the_examples_see_what_was_written(filled: ClickHouse) -> None:
         "SELECT sum(labeled), sum(predictions) FROM quality_windows FINAL WHERE segment = 'all'"
     ).result_rows
     assert (labeled, predictions) == (4 * EVENTS_PER_WINDOW, 8 * EVENTS_PER_WINDOW)
+
+
+def chromium() -> str:
+    found = next((path for name in BROWSERS if (path := shutil.which(name)) is not None), None)
+    if found is None:
+        if os.environ.get("STREAM_REQUIRE_BROWSER"):
+            pytest.fail(f"no headless browser: install one of {BROWSERS} (Debian: chromium)")
+        pytest.skip(f"no headless browser ({', '.join(BROWSERS)}); .ci/run installs chromium")
+    return found
+
+
+def test_the_report_page_draws_every_chart_in_a_browser(filled: ClickHouse, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    data = report.load(filled.client, "payments", now - timedelta(hours=1), now)
+    page = tmp_path / "report.html"
+    page.write_text(report.render(data))
+    assert "http" not in page.read_text().split("<body>")[0], "self-contained: nothing fetched"
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    drawn = dict(re.findall(r'id="chart-(\w+)"[^>]*data-rendered="(\d+x\d+)"', result.stdout))
+    drawn.update(re.findall(r'data-rendered="(\d+x\d+)"[^>]*id="chart-(\w+)"', result.stdout)[::-1])
+    sizes = {name: tuple(int(v) for v in size.split("x")) for name, size in drawn.items()}
+    assert set(sizes) == set(report.CHARTS), result.stdout[:500]
+    assert all(w > 100 and h > 50 for w, h in sizes.values()), sizes
+
+    out = io.StringIO()
+    report.summary(data, Console(file=out, width=120))
+    text = out.getvalue()
+    assert f"{8 * EVENTS_PER_WINDOW:,} in 4 windows" in text
+    assert "amount" in text and "accuracy 1 (champion)" in text
+    assert "CPU s per 1,000 predictions" in text
