@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -67,9 +68,14 @@ class PacedProducer:
         drift_from: int | None = None,
         malformed_share: float = 0.0,
         progress: Callable[[int], None] | None = None,
+        truth: dict[str, str] | None = None,
     ) -> ProduceReport:
+        """Produce ``count`` events at ``rate`` a second (0: as fast as Kafka takes them).
+
+        ``truth``, when given, receives every event's true label by event id.
+        """
         report = ProduceReport()
-        chunks = self._payloads(count, seed, drift, drift_from, malformed_share, report)
+        chunks = self._payloads(count, seed, drift, drift_from, malformed_share, report, truth)
         return self._send(chunks, rate, report, progress)
 
     def prepare(self, count: int, seed: int = 1) -> list[list[tuple[bytes, bytes]]]:
@@ -87,9 +93,10 @@ class PacedProducer:
         drift_from: int | None,
         malformed_share: float,
         report: ProduceReport,
+        truth: dict[str, str] | None = None,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         rng = np.random.default_rng(seed)
-        for events_chunk in self._chunks(count, 200, rng, drift, drift_from):
+        for events_chunk in self._chunks(count, 200, rng, drift, drift_from, truth):
             chunk = []
             for event in events_chunk:
                 if malformed_share and rng.random() < malformed_share:
@@ -144,6 +151,7 @@ class PacedProducer:
         rng: np.random.Generator,
         drift: Mapping[str, float] | None,
         drift_from: int | None,
+        truth: dict[str, str] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         run_id = uuid.uuid4().hex[:8]
         done = 0
@@ -153,5 +161,32 @@ class PacedProducer:
                 n = drift_from - done  # split the chunk where drift starts
             drifting = bool(drift) and (drift_from is None or done >= drift_from)
             now_ms = int(time.time() * 1000)
-            yield list(events(n, rng, now_ms, drift if drifting else None, run_id, done))
+            yield list(events(n, rng, now_ms, drift if drifting else None, run_id, done, truth))
             done += n
+
+
+def publish_labels(kafka_config: dict[str, Any], topic: str, labels: dict[str, str]) -> int:
+    """Labels (event id → true label) to a pipeline's feedback topic, as its JSON records.
+
+    The label time is now. Returns how many Kafka acknowledged.
+    """
+    failed = 0
+
+    def delivered(err: Any, _: Any) -> None:
+        nonlocal failed
+        failed += err is not None
+
+    producer = Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 20})
+    now_ms = int(time.time() * 1000)
+    for event_id, label in labels.items():
+        record = {"event_id": event_id, "label": label, "label_time": now_ms}
+        while True:
+            try:
+                producer.produce(
+                    topic, json.dumps(record).encode(), event_id.encode(), on_delivery=delivered
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(60)
+    return len(labels) - failed - remaining

@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stream import report as pages
 from stream.demo.data import train_demo_model
 from stream.errors import ServiceError
 from stream.models.registry import ModelRegistry
 from stream.monitor.histograms import latency_quantile
-from stream.produce import PacedProducer
+from stream.produce import PacedProducer, publish_labels
 from stream.serde import AvroSerde, load_schema
 from stream.services.kafka import KafkaBroker
 from stream.services.readback import end_offsets, read_topics
@@ -101,6 +102,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
                 worker.wait_ready()
             console.print(f"worker pid {worker.pid} is consuming {pipeline.events_topic}")
             run = _produce_and_account(kafka_config, settings, pipeline, options, starts, console)
+            _label(kafka_config, pipeline, worker, run, console)
             with console.status("waiting for the last window to close…"):
                 last_window_end = (
                     run["last_scored_ms"] // int(options.window_seconds * 1000) + 1
@@ -115,6 +117,33 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
         if code not in (0, None):
             raise ServiceError(f"worker exited with code {code}; see {worker.log_path}")
     _report(settings, pipeline, run, console)
+
+
+def _label(
+    kafka_config: dict[str, Any],
+    pipeline: PipelineConfig,
+    worker: WorkerProcess,
+    run: dict[str, Any],
+    console: Console,
+) -> None:
+    """Labels come back for every other scored event, as a fraud team's would."""
+    scored = run.pop("scored_ids")
+    every_other = list(run.pop("truth").items())[::2]
+    labels = {event_id: label for event_id, label in every_other if event_id in scored}
+    with console.status(f"publishing {len(labels):,} labels to {pipeline.feedback_topic}…"):
+        run["labels"] = publish_labels(kafka_config, pipeline.feedback_topic, labels)
+
+        def logged(s: dict[str, Any]) -> bool:
+            return int(s["pipelines"][pipeline.name]["logger"]["labels"]) >= run["labels"]
+
+        status = worker.wait_until(logged, 60, "labels in ClickHouse")
+        runs = int(status["pipelines"][pipeline.name]["monitor"]["quality_runs"])
+        # The next quality run may have started before the last labels: wait for two.
+        worker.wait_until(
+            lambda s: int(s["pipelines"][pipeline.name]["monitor"]["quality_runs"]) >= runs + 2,
+            3 * pipeline.monitor.window_seconds + 30,
+            "quality computed",
+        )
 
 
 def _closed_until(status: dict[str, Any], pipeline: PipelineConfig) -> int:
@@ -142,6 +171,7 @@ def _produce_and_account(
         f"point, drift on {', '.join(f'{k} (+{v:g} std)' for k, v in drift.items())}"
     )
     started = time.monotonic()
+    truth: dict[str, str] = {}
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("produced", total=options.events, rate=0.0)
 
@@ -156,6 +186,7 @@ def _produce_and_account(
             drift_from=options.events // 2,
             malformed_share=options.malformed_share,
             progress=advance,
+            truth=truth,
         )
         scored = progress.add_task("accounted", total=report.produced, rate=0.0)
         topics = [pipeline.predictions_topic, pipeline.deadletter_topic]
@@ -188,6 +219,8 @@ def _produce_and_account(
         "first_scored_ms": min(scored_times, default=0),
         "last_scored_ms": max(scored_times, default=0),
         "produce_seconds": report.seconds,
+        "truth": truth,
+        "scored_ids": {(m.key() or b"").decode() for m in predictions},
     }
 
 
@@ -197,7 +230,9 @@ def _report(
     ch = connect(settings.dsn, settings.clickhouse_database)
     try:
         migrate(ch, settings.migrations_dir)
-        since = datetime.fromtimestamp(run["first_scored_ms"] / 1000 - 1, tz=UTC)
+        window_ms = int(pipeline.monitor.window_seconds * 1000)
+        first_window = run["first_scored_ms"] // window_ms * window_ms
+        since = datetime.fromtimestamp(first_window / 1000, tz=UTC)
         params = {"p": pipeline.name, "since": since}
         latency = ch.client.query(
             "SELECT count(), sum(count), sumForEach(latency_buckets), "
@@ -212,8 +247,11 @@ def _report(
             "ORDER BY window_start, psi DESC",
             parameters=params,
         ).result_rows
+        data = pages.load(ch.client, pipeline.name, since, datetime.now(UTC))
     finally:
         ch.close()
+    page = settings.home / "demo" / "report.html"
+    page.write_text(pages.render(data))
     windows, windowed_events, lat_buckets, inf_buckets = latency
     span_s = max((run["last_scored_ms"] - run["first_scored_ms"]) / 1000.0, 1e-3)
 
@@ -244,6 +282,23 @@ def _report(
             "inference per event",
             " · ".join(f"p{int(q * 100)} {latency_quantile(inf, q):.3f} ms" for q in (0.5, 0.99)),
         )
+    overall = [r for r in data.quality if r[2] == "all"]
+    for version, variant, _, _, labeled, predicted, accuracy in overall:
+        summary.add_row(
+            f"quality of v{version} ({variant})",
+            f"accuracy {float(accuracy):.3f} on {int(labeled):,} labeled of {int(predicted):,} "
+            f"({run['labels']:,} labels published)",
+        )
+    for model, version, _, per_1k, batch in data.cost:
+        summary.add_row(
+            f"cost of {model}:{version}",
+            f"{float(per_1k):.3f} CPU s per 1,000 predictions (mean batch {float(batch):.0f})",
+        )
+    firing = [a for a in data.alerts if a[1] == "firing"]
+    summary.add_row(
+        "alerts (ClickHouse alerts)",
+        f"{len(firing)} fired, {sum(a[1] == 'resolved' for a in data.alerts)} resolved",
+    )
     console.print(summary)
 
     table = Table(title="drift alerts (PSI ≥ alert threshold), from ClickHouse drift_windows")
@@ -256,7 +311,10 @@ def _report(
     console.print(table)
     flagged = sorted({row[1] for row in drift})
     console.print(f"drifted features: {', '.join(flagged) or 'none'}")
+    for alert in firing:
+        console.print(f"[bold]alert[/] ({alert[2]}): {alert[5]}")
+    console.print(f"report with charts: {page} (again any time: stream report --out FILE)")
     console.print(
         'query more with: stream query "SELECT window_start, feature, psi, status '
-        'FROM drift_windows FINAL ORDER BY window_start, feature"'
+        'FROM drift_windows FINAL ORDER BY window_start, feature" (examples: docs/queries.md)'
     )
