@@ -16,9 +16,11 @@ CREATE TABLE IF NOT EXISTS prediction_log
     scored_time DateTime64(3, 'UTC') COMMENT 'When it was scored: quality windows are by this time',
     latency_ms Float64 COMMENT 'End-to-end latency, event time to scoring',
     features Map(String, Float64) COMMENT 'The model''s input values (quality.log_features): categories as their index in the manifest, NaN for null',
-    segments Map(String, String) COMMENT 'The event''s segment fields (quality.segments)'
+    segments Map(String, String) COMMENT 'The event''s segment fields (quality.segments)',
+    INDEX scored_time_range scored_time TYPE minmax GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(scored_time)
 ORDER BY (pipeline, event_id, model, model_version, variant)
 COMMENT 'Every prediction and shadow prediction, with its inputs and segments, sampled by quality.log_sample_rate (by a hash of the Kafka key)';
 

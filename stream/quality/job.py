@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -89,6 +89,11 @@ def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def _utc(dt: datetime) -> datetime:
+    """ClickHouse hands DateTime64 values back with or without their zone; make them UTC."""
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
 
@@ -121,11 +126,16 @@ class QualityJob:
         """
         due, after = self.due_windows(client, now)
         written = 0
-        if due:
-            lo, hi = min(due), max(due) + self.window_ms
+        # One computation per day of windows: the log is partitioned by day, and a late
+        # label for an old window must not make the query read every day in between.
+        days: dict[int, list[int]] = {}
+        for start in sorted(due):
+            days.setdefault(start // 86_400_000, []).append(start)
+        for windows in days.values():
+            lo, hi = windows[0], windows[-1] + self.window_ms
             for model, version in self._versions(client, lo, hi):
-                self._compute(client, model, version, sorted(due), lo, hi, now)
-                written += len(due)
+                self._compute(client, model, version, windows, lo, hi, now)
+                written += len(windows)
         self.computed_until, self.last_run_ms, self.labels_until = after
         self.runs += 1
         self.windows_written += written
@@ -142,8 +152,19 @@ class QualityJob:
         now_ms = _ms(now)
         closed_until = (now_ms - int(self.pipeline.monitor.grace_seconds * 1000)) // w * w
         params: dict[str, Any] = {"pipeline": self.pipeline.name, "w": w}
+        labels_since = self.labels_until
         if self.computed_until is None or self.last_run_ms is None:
             since = closed_until - self.horizon_ms - w
+            # Labels that came while no job ran: since the last computation (a minute's
+            # margin for labels stamped before their insert finished), or the horizon.
+            last = client.query(
+                "SELECT max(computed_at) FROM quality_windows WHERE pipeline = {pipeline:String}",
+                parameters=params,
+            ).result_rows[0][0]
+            if last is not None and _ms(_utc(last)) > 0:
+                labels_since = _utc(last) - timedelta(minutes=1)
+            else:
+                labels_since = _ts(since)
             with_predictions = client.query(
                 "SELECT DISTINCT toUnixTimestamp64Milli(toStartOfInterval(scored_time, "
                 "toIntervalMillisecond({w:UInt64}))) FROM prediction_log "
@@ -171,17 +192,17 @@ class QualityJob:
             "SELECT max(received_at) FROM feedback WHERE pipeline = {pipeline:String}",
             parameters=params,
         ).result_rows[0][0]
+        received = None if received is None else _utc(received)
         labels_until = self.labels_until
-        news = labels_until is None or (received is not None and received > labels_until)
+        news = labels_since is None or (received is not None and received > labels_since)
         if received is not None and _ms(received) > 0 and news:
-            due |= self._labeled_windows(client, received)
+            due |= self._labeled_windows(client, labels_since or _ts(0), received)
             labels_until = received
         due = {s for s in due if s + w <= closed_until}
         return due, (closed_until, now_ms, labels_until)
 
-    def _labeled_windows(self, client: Client, until: datetime) -> set[int]:
-        """Windows holding the events of labels received since the last run."""
-        since = self.labels_until or _ts(0)
+    def _labeled_windows(self, client: Client, since: datetime, until: datetime) -> set[int]:
+        """Windows holding the events of labels received in (since, until]."""
         rows = client.query(
             "SELECT DISTINCT toUnixTimestamp64Milli(toStartOfInterval(scored_time, "
             "toIntervalMillisecond({w:UInt64}))) FROM prediction_log "

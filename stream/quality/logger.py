@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from stream.background import BackgroundLoop
@@ -35,7 +36,11 @@ from stream.sinks.clickhouse import ClickHouseSink
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000
+# A write holds at most about this many log rows (a log message has up to 1,000)
+# or labels, or what came in FLUSH_SECONDS: memory stays bounded, parts stay few.
+MAX_ROWS = 50_000
+MAX_LABELS = 20_000
+FLUSH_SECONDS = 1.0
 
 
 class PredictionLogger(BackgroundLoop):
@@ -71,14 +76,15 @@ class PredictionLogger(BackgroundLoop):
                 "client.id": f"{self._worker_id}-logger",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
+                # Log messages are large (up to 1,000 rows): a small prefetch.
+                "queued.max.messages.kbytes": 16_384,
             }
         )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stopping:
                 self.beat()
-                batch = consumer.consume(BATCH, 0.5)
-                records = [m for m in batch if self._usable(m)]
+                records = self._collect(consumer)
                 records = [m for m in records if (m.topic(), m.partition()) in self._owned]
                 if not records:
                     continue
@@ -87,8 +93,29 @@ class PredictionLogger(BackgroundLoop):
                     return  # stopping while ClickHouse was away: nothing committed
                 self._dead.acknowledge()
                 self._commit(consumer, records)
+                self.counts["predictions"] += rows
+                self.counts["labels"] += len(labels)
         finally:
             consumer.close()
+
+    def _collect(self, consumer: Consumer) -> list[Any]:
+        """Records until MAX_ROWS log rows or MAX_LABELS labels, or FLUSH_SECONDS passed."""
+        records: list[Any] = []
+        rows = labels = 0
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while rows < MAX_ROWS and labels < MAX_LABELS and not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for m in consumer.consume(50, min(remaining, 0.5)):
+                if not self._usable(m):
+                    continue
+                records.append(m)
+                if m.topic() == self.pipeline.feedback_topic:
+                    labels += 1
+                else:
+                    rows += logbatch.MAX_ROWS  # at most; counting exactly would decode twice
+        return records
 
     @staticmethod
     def _usable(message: Any) -> bool:
@@ -103,7 +130,7 @@ class PredictionLogger(BackgroundLoop):
 
     def _read(self, records: list[Any]) -> tuple[bytes | None, int, list[list[Any]]]:
         """The log batches as one Arrow stream (and its rows), and the label rows."""
-        batches: list[bytes] = []
+        tables: list[pa.Table] = []
         labels: list[list[Any]] = []
         now = datetime.now(UTC)
         for m in records:
@@ -111,20 +138,15 @@ class PredictionLogger(BackgroundLoop):
                 labels.extend(self._label(m, now))
                 continue
             try:
-                logbatch.decode([m.value() or b""])
+                tables.append(logbatch.decode([m.value() or b""]))
             except ValueError as exc:
                 # Only engines write this topic; a stranger's record is logged and left.
                 self.counts["bad_batches"] += 1
                 log.warning("%s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), exc)
-                continue
-            batches.append(m.value() or b"")
-        stream, rows = None, 0
-        if batches:
-            table = logbatch.decode(batches)
-            stream, rows = logbatch.encode(table), table.num_rows
-        self.counts["predictions"] += rows
-        self.counts["labels"] += len(labels)
-        return stream, rows, labels
+        if not tables:
+            return None, 0, labels
+        table = pa.concat_tables(tables)
+        return logbatch.encode(table), table.num_rows, labels
 
     def _label(self, message: Any, now: datetime) -> list[list[Any]]:
         try:
