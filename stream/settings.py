@@ -140,6 +140,8 @@ class MonitorSpec(_Frozen):
     unseen_alert: float = Field(0.05, gt=0, le=1)
     # End-to-end p99 latency of a window above this raises an alert (none when unset).
     latency_p99_alert_ms: float | None = Field(None, gt=0)
+    # Process CPU seconds per 1,000 predictions of a window above this raises an alert.
+    cost_alert_cpu_seconds_per_1k: float | None = Field(None, gt=0)
     # Closed windows kept while ClickHouse does not take writes; past this many the
     # monitor stops reading partials (they wait in Kafka) until it does again.
     max_unwritten_windows: int = Field(30, gt=0)

@@ -283,7 +283,7 @@ class MonitorAgent:
             facts = window_facts(
                 window.pipeline, window.model, window.version, window.variant, window.start_ms,
                 window.end_ms, drift, window.stats.count,
-                latency_quantile(window.stats.latency, 0.99), spec,
+                latency_quantile(window.stats.latency, 0.99), spec, window.stats.cpu_seconds,
             )  # fmt: skip
             open_alerts, alerts = track(open_alerts, facts)
         loop = asyncio.get_running_loop()

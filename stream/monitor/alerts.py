@@ -2,16 +2,17 @@
 
 A condition is one metric of one subject crossing its band in a window of one
 model version: drift of a feature, of the model's scores or of its confidence
-(PSI band with a significant test, see ``stream.monitor.drift``); the share of
-unseen categories of a feature; the end-to-end p99 latency. The first window
+(PSI or mean-shift band with a significant test, see ``stream.monitor.drift``);
+the share of unseen categories of a feature; the end-to-end p99 latency; the
+CPU cost per 1,000 predictions. The first window
 that shows a condition opens an alert (state ``firing``); a window with a
 different severity re-states it; the first window that evaluates the subject
 with enough samples and finds it within bounds resolves it (state
 ``resolved``). Windows with too few samples neither open nor resolve.
 
 Open alerts are part of the monitor's table state, so they survive restarts.
-Records go to ``{p}.alerts`` (JSON, keyed by alert id); the alerts agent copies
-that topic into ClickHouse ``alerts``.
+Records go to ``{p}.alerts`` (JSON, keyed by alert id); a copier agent
+writes that topic into ClickHouse ``alerts``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ALERT_COLUMNS = [
 
 @dataclass(frozen=True)
 class Condition:
-    metric: str  # drift | unseen_categories | latency_p99
+    metric: str  # drift | unseen_categories | latency_p99 | cost
     subject: str  # the feature (or prediction.score / prediction.confidence); "" for latency
     severity: str  # warning | critical
     measure: str  # psi | mean_shift | unseen_share | p99_ms: what value and threshold are
@@ -74,6 +75,7 @@ def window_facts(
     count: int,
     latency_p99_ms: float,
     spec: MonitorSpec,
+    cpu_seconds: float = 0.0,
 ) -> WindowFacts:
     found: list[Condition] = []
     evaluated: dict[str, tuple[int, dict[str, tuple[float, float]]]] = {}
@@ -115,6 +117,12 @@ def window_facts(
             found.append(
                 Condition("latency_p99", "", "critical", "p99_ms", latency_p99_ms, limit, count)
             )
+    limit = spec.cost_alert_cpu_seconds_per_1k
+    if limit is not None and count >= spec.min_samples:
+        per_1k = cpu_seconds / count * 1000.0
+        evaluated["cost:"] = (count, {"cpu_s_per_1k": (per_1k, limit)})
+        if per_1k > limit:
+            found.append(Condition("cost", "", "warning", "cpu_s_per_1k", per_1k, limit, count))
     return WindowFacts(pipeline, model, version, variant, start_ms, end_ms, found, evaluated)
 
 
@@ -261,6 +269,8 @@ def _alert(
 def _subject(metric: str, subject: str) -> str:
     if metric == "latency_p99":
         return "End-to-end p99 latency"
+    if metric == "cost":
+        return "CPU cost"
     if subject == SCORE_ROW:
         return "The model's scores"
     if subject == CONFIDENCE_ROW:
@@ -275,6 +285,8 @@ def _measure(measure: str, value: float) -> str:
         return f"mean shifted by {value:.2f} std"
     if measure == "unseen_share":
         return f"{value:.1%} unseen categories"
+    if measure == "cpu_s_per_1k":
+        return f"{value:.3f} CPU s per 1,000 predictions"
     return f"p99 {value:,.0f} ms"
 
 
@@ -299,6 +311,8 @@ def _sentence(a: Alert) -> str:
             f"Feature {a.subject} had {a.value:.1%} values the model never saw in training "
             f"(≥ {a.threshold:.1%})"
         )
+    elif a.metric == "cost":
+        what = f"CPU cost was {a.value:.3f} s per 1,000 predictions (above {a.threshold:.3f} s)"
     else:
         what = f"End-to-end p99 latency was {a.value:,.0f} ms (above {a.threshold:,.0f} ms)"
     return f"{what} for {who} {where}."

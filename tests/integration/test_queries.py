@@ -202,3 +202,17 @@ def test_the_report_page_draws_every_chart_in_a_browser(filled: ClickHouse, tmp_
     assert f"{8 * EVENTS_PER_WINDOW:,} in 4 windows" in text
     assert "amount" in text and "accuracy 1 (champion)" in text
     assert "CPU s per 1,000 predictions" in text
+
+
+def test_every_column_of_every_table_says_what_it_is(filled: ClickHouse) -> None:
+    silent = filled.client.query(
+        "SELECT table, name FROM system.columns WHERE database = currentDatabase() "
+        "AND comment = '' AND table IN (SELECT name FROM system.tables "
+        "WHERE database = currentDatabase() AND engine != 'View')"
+    ).result_rows
+    assert silent == []
+    views = filled.client.query(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() "
+        "AND engine = 'View' AND comment = ''"
+    ).result_rows
+    assert views == []

@@ -143,3 +143,20 @@ def test_a_rejected_deployment_is_a_notice() -> None:
 def test_latency_under_the_bound_or_unknown_fires_nothing(p99: float) -> None:
     _, out = track({}, facts(0, p99=p99))
     assert out == []
+
+
+def test_cost_above_its_bound_is_a_warning_until_it_comes_down() -> None:
+    spec = SPEC.model_copy(update={"cost_alert_cpu_seconds_per_1k": 0.3})
+
+    def window(minute: int, cpu_seconds: float) -> WindowFacts:
+        start = NOON + minute * MINUTE
+        return window_facts(
+            "payments", "fraud", "3", "champion", start, start + MINUTE, [], 2000, 20.0, spec,
+            cpu_seconds,
+        )  # fmt: skip
+
+    open_alerts, (fired,) = track({}, window(0, 0.9))  # 0.45 s per 1,000
+    assert (fired.metric, fired.severity, fired.measure) == ("cost", "warning", "cpu_s_per_1k")
+    assert fired.message.startswith("CPU cost was 0.450 s per 1,000 predictions (above 0.300 s)")
+    _, (resolved,) = track(open_alerts, window(1, 0.2))
+    assert resolved.state == "resolved" and "CPU cost is back within bounds" in resolved.message
