@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from stream.errors import SettingsError
+from stream.errors import ModelLoadError, SettingsError
 from stream.models.manifest import (
     FeatureSpec,
     ModelManifest,
@@ -17,6 +18,8 @@ from stream.models.manifest import (
     categorical_reference,
     numeric_reference,
 )
+from stream.models.runtime import OnnxModel
+from stream.monitor.histograms import score_reference
 
 
 def read_reference(path: Path) -> pd.DataFrame:
@@ -41,6 +44,7 @@ def build_manifest(
     """Reference histograms per feature from ``reference``; the input and output from the file."""
     data = read_reference(reference)
     specs = []
+    columns: list[np.ndarray] = []  # the model's input, as a worker would build it
     for item in features:
         column, _, kind = item.partition(":")
         if column not in data.columns:
@@ -55,7 +59,9 @@ def build_manifest(
             unknown = set(seen) - set(categories)
             if unknown:
                 raise SettingsError("--features", f"{column}: values {sorted(unknown)} not listed")
-            codes = values.dropna().astype(str).map({c: i for i, c in enumerate(categories)})
+            index = {c: i for i, c in enumerate(categories)}
+            codes = values.dropna().astype(str).map(index)
+            columns.append(values.astype(str).map(index).to_numpy(dtype=np.float64, na_value=0.0))
             specs.append(
                 FeatureSpec(
                     name=column,
@@ -67,12 +73,14 @@ def build_manifest(
         elif kind in ("", "numeric"):
             numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
             nullable = bool(np.isnan(numbers).any())
+            fill = float(np.nanmedian(numbers)) if nullable else 0.0
+            columns.append(np.where(np.isnan(numbers), fill, numbers))
             specs.append(
                 FeatureSpec(
                     name=column,
                     type="numeric",
                     nullable=nullable,
-                    fill=float(np.nanmedian(numbers)) if nullable else 0.0,
+                    fill=fill,
                     reference=numeric_reference(numbers),
                 )
             )
@@ -83,7 +91,7 @@ def build_manifest(
     chosen = output or ("probabilities" if "probabilities" in outputs else outputs[-1])
     if chosen not in outputs:
         raise SettingsError("--output", f"no output {chosen!r} (outputs: {outputs})")
-    return ModelManifest(
+    manifest = ModelManifest(
         name=name,
         version=version,
         onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
@@ -97,4 +105,30 @@ def build_manifest(
             probabilities=chosen,
         ),
         training={"reference": reference.name, "rows": len(data)},
+    )
+    return with_output_references(manifest, onnx_bytes, np.column_stack(columns))
+
+
+def with_output_references(
+    manifest: ModelManifest, onnx_bytes: bytes, inputs: np.ndarray
+) -> ModelManifest:
+    """The manifest with the histograms of the model's scores and confidences on ``inputs``
+    (classifiers; a regressor's values have no fixed range to bin). A model that does not
+    score them gets none: registering it fails on its own checks, with their reason."""
+    if manifest.output.kind != "classifier":
+        return manifest
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(onnx_bytes)
+        model = OnnxModel(manifest, path)
+        try:
+            model.load()
+            prediction = model.predict(inputs.astype(np.float32))
+        except (ModelLoadError, ValueError):
+            return manifest
+    return manifest.model_copy(
+        update={
+            "score_reference": score_reference(prediction.score),
+            "confidence_reference": score_reference(prediction.confidence),
+        }
     )

@@ -54,6 +54,12 @@ def test_register_computes_manifest_and_verifies(
     assert sum(channel.reference.counts) == 2_000
     assert manifest.features[FEATURES.index("device_age_days")].nullable
     assert manifest.output.positive_index == 1
+    # The model's scores and confidences on the reference: prediction drift has a baseline.
+    assert manifest.score_reference is not None and manifest.confidence_reference is not None
+    assert (
+        sum(manifest.score_reference.counts) == sum(manifest.confidence_reference.counts) == 2_000
+    )
+    assert sum(manifest.confidence_reference.counts[:5]) == 0, "confidence is at least 0.5"
     registry.load("fraud", "1")
 
 
