@@ -225,6 +225,10 @@ def models_compare(
         ("latency p50", lambda r: f"{r.latency_p50:.1f} ms"),
         ("latency p99", lambda r: f"{r.latency_p99:.1f} ms"),
         ("inference p99", lambda r: f"{r.inference_p99:.3f} ms"),
+        ("CPU s per 1,000", lambda r: f"{r.cpu_seconds_per_1k:.3f}"),
+        ("labeled events", lambda r: f"{r.labeled:,}"),
+        ("accuracy", lambda r: f"{r.accuracy:.3f}" if r.labeled else "no labels"),
+        ("Brier score", lambda r: f"{r.brier:.4f}" if r.labeled else "no labels"),
     ):
         table.add_row(label, *(getter(r) for r in rows))
     console.print(table)

@@ -209,7 +209,9 @@ def test_shadow_then_rollback_and_a_late_worker(harness: PipelineHarness) -> Non
         env={**os.environ, "STREAM_CLICKHOUSE_DSN": harness.dsn, "COLUMNS": "200"},
     )  # fmt: skip
     assert compared.returncode == 0, compared.stderr
-    for word in ("payments-fraud:1", "payments-fraud:2", "shadow", "1,100", "1,000", "latency p99"):
+    expected = ("payments-fraud:1", "payments-fraud:2", "shadow", "1,100", "1,000", "latency p99",
+                "CPU s per 1,000", "no labels")  # fmt: skip
+    for word in expected:
         assert word in compared.stdout, compared.stdout
     counts = {(v, variant): n for v, variant, n in rows}
     assert counts[("2", "shadow")] == 1000, "a shadow prediction for every event in ClickHouse"

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from stream import report
 from stream.demo.data import FEATURES, generate
+from stream.deploy.compare import compare_variants
 from stream.deploy.control import model_event
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
@@ -216,3 +217,12 @@ def test_every_column_of_every_table_says_what_it_is(filled: ClickHouse) -> None
         "AND engine = 'View' AND comment = ''"
     ).result_rows
     assert views == []
+
+
+def test_compare_shows_quality_per_version_once_labels_came(filled: ClickHouse) -> None:
+    versions = {r.version: r for r in compare_variants(filled.client, "payments", 60)}
+    assert set(versions) == {"1", "2"}
+    for summary in versions.values():
+        assert summary.labeled == 2 * EVENTS_PER_WINDOW  # every other event of four windows
+        assert 0.5 < summary.accuracy <= 1.0 and 0.0 <= summary.brier < 0.25
+        assert summary.cpu_seconds_per_1k == pytest.approx(0.4)
