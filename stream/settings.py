@@ -172,6 +172,10 @@ class QualitySpec(_Frozen):
     # prediction (labels before the prediction count too); later ones are
     # counted as late_labels.
     label_horizon_seconds: float = Field(3600.0, gt=0)
+    # Accuracy of a segment (or of all events) in a window below this raises an
+    # alert, judged once a window has min_labels labels there (none when unset).
+    min_accuracy: float | None = Field(None, gt=0, le=1)
+    min_labels: int = Field(100, gt=0)
 
 
 class PipelineConfig(_Frozen):

@@ -324,10 +324,13 @@ class MonitorAgent:
         now = datetime.now(UTC)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(
+            done = await loop.run_in_executor(
                 self._writer, self.sink.run, lambda client: self.quality.run(client, now)
             )
-        except SinkUnavailable as exc:
+            if done.alerts:
+                await loop.run_in_executor(self._writer, self._publish, done.alerts)
+            self.quality.commit(done)
+        except (SinkUnavailable, ServiceError) as exc:
             # The windows stay due: a later tick computes them (labels are in ClickHouse).
             self.quality_failures += 1
             log.warning("%s: quality not computed this time: %s", self.pipeline.name, exc)

@@ -4,7 +4,8 @@ A condition is one metric of one subject crossing its band in a window of one
 model version: drift of a feature, of the model's scores or of its confidence
 (PSI or mean-shift band with a significant test, see ``stream.monitor.drift``);
 the share of unseen categories of a feature; the end-to-end p99 latency; the
-CPU cost per 1,000 predictions. The first window
+CPU cost per 1,000 predictions; the accuracy of a segment (judged by the
+quality job, ``stream.quality.job``). The first window
 that shows a condition opens an alert (state ``firing``); a window with a
 different severity re-states it; the first window that evaluates the subject
 with enough samples and finds it within bounds resolves it (state
@@ -35,7 +36,7 @@ ALERT_COLUMNS = [
 
 @dataclass(frozen=True)
 class Condition:
-    metric: str  # drift | unseen_categories | latency_p99 | cost
+    metric: str  # drift | unseen_categories | latency_p99 | cost | quality
     subject: str  # the feature (or prediction.score / prediction.confidence); "" for latency
     severity: str  # warning | critical
     measure: str  # psi | mean_shift | unseen_share | p99_ms: what value and threshold are
@@ -271,6 +272,8 @@ def _subject(metric: str, subject: str) -> str:
         return "End-to-end p99 latency"
     if metric == "cost":
         return "CPU cost"
+    if metric == "quality":
+        return f"Accuracy for {subject}"
     if subject == SCORE_ROW:
         return "The model's scores"
     if subject == CONFIDENCE_ROW:
@@ -285,6 +288,8 @@ def _measure(measure: str, value: float) -> str:
         return f"mean shifted by {value:.2f} std"
     if measure == "unseen_share":
         return f"{value:.1%} unseen categories"
+    if measure == "accuracy":
+        return f"accuracy {value:.3f}"
     if measure == "cpu_s_per_1k":
         return f"{value:.3f} CPU s per 1,000 predictions"
     return f"p99 {value:,.0f} ms"
@@ -311,6 +316,12 @@ def _sentence(a: Alert) -> str:
             f"Feature {a.subject} had {a.value:.1%} values the model never saw in training "
             f"(≥ {a.threshold:.1%})"
         )
+    elif a.metric == "quality":
+        what = (
+            f"Accuracy for {a.subject} was {a.value:.3f} (below {a.threshold:.3f}) on "
+            f"{a.count:,} labeled events"
+        )
+        where = f"in the {window_label(a.window_start, a.window_end)} window"
     elif a.metric == "cost":
         what = f"CPU cost was {a.value:.3f} s per 1,000 predictions (above {a.threshold:.3f} s)"
     else:

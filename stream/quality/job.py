@@ -12,13 +12,14 @@ does no harm.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from stream.models.registry import ModelRegistry
+from stream.monitor.alerts import Alert, Condition, WindowFacts, track
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,17 @@ def _ts(ms: int) -> datetime:
 
 
 @dataclass
+class QualityRun:
+    """What one run computed and found, applied to the job by ``QualityJob.commit``."""
+
+    after: tuple[int, int, datetime | None]
+    written: int
+    alerts: list[Alert] = field(default_factory=list)
+    open_alerts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    judged_until: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass
 class QualityJob:
     """Which windows to compute, and computing them; ``run`` is called about once a window."""
 
@@ -109,6 +121,9 @@ class QualityJob:
     last_run_ms: int | None = None
     runs: int = 0
     windows_written: int = 0
+    # Accuracy alerts: per model version, the open alerts and the newest window judged.
+    open_alerts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    judged_until: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def window_ms(self) -> int:
@@ -118,11 +133,12 @@ class QualityJob:
     def horizon_ms(self) -> int:
         return int(self.pipeline.quality.label_horizon_seconds * 1000)
 
-    def run(self, client: Client, now: datetime) -> int:
-        """Compute the windows that are due; return how many (window, version) pairs.
+    def run(self, client: Client, now: datetime) -> QualityRun:
+        """Compute the windows that are due, and judge accuracy where it has enough labels.
 
-        What was due stays due until every computation went through: a run that
-        fails part way is repeated whole by the next one.
+        Nothing of the job's state changes here: the caller publishes the run's
+        alerts and then calls ``commit``. A run that fails part way (or whose
+        alerts could not be published) is repeated whole by the next one.
         """
         due, after = self.due_windows(client, now)
         written = 0
@@ -136,10 +152,54 @@ class QualityJob:
             for model, version in self._versions(client, lo, hi):
                 self._compute(client, model, version, windows, lo, hi, now)
                 written += len(windows)
-        self.computed_until, self.last_run_ms, self.labels_until = after
+        quality_run = QualityRun(after, written)
+        if self.pipeline.quality.min_accuracy is not None and due:
+            self._judge(client, sorted(due), quality_run)
+        return quality_run
+
+    def commit(self, done: QualityRun) -> None:
+        self.computed_until, self.last_run_ms, self.labels_until = done.after
+        self.open_alerts.update(done.open_alerts)
+        self.judged_until.update(done.judged_until)
         self.runs += 1
-        self.windows_written += written
-        return written
+        self.windows_written += done.written
+
+    def _judge(self, client: Client, windows: list[int], done: QualityRun) -> None:
+        """Accuracy per segment against ``quality.min_accuracy``, each window once, in order:
+        when it first has ``quality.min_labels`` labels in a segment."""
+        spec = self.pipeline.quality
+        rows = client.query(
+            "SELECT model, model_version, any(variant), toUnixTimestamp64Milli(window_start), "
+            "groupArray((segment, segment_value, labeled, accuracy)) FROM quality_windows FINAL "
+            "WHERE pipeline = {p:String} AND window_start IN {w:Array(DateTime64(3, 'UTC'))} "
+            "GROUP BY model, model_version, window_start ORDER BY window_start",
+            parameters={"p": self.pipeline.name, "w": [_ts(s) for s in windows]},
+        ).result_rows
+        assert spec.min_accuracy is not None
+        for model, version, variant, start, segments in rows:
+            key = (str(model), str(version))
+            start = int(start)
+            if start <= done.judged_until.get(key, self.judged_until.get(key, -1)):
+                continue
+            judged = [(f"{s}={v}" if s != "all" else "all events", int(n), float(acc))
+                      for s, v, n, acc in segments if int(n) >= spec.min_labels]  # fmt: skip
+            if not judged:
+                continue  # too few labels yet: judged when more came
+            found = [
+                Condition("quality", subject, "critical", "accuracy", acc, spec.min_accuracy, n)
+                for subject, n, acc in judged
+                if acc < spec.min_accuracy
+            ]
+            evaluated = {
+                f"quality:{subject}": (n, {"accuracy": (acc, spec.min_accuracy)})
+                for subject, n, acc in judged
+            }
+            facts = WindowFacts(self.pipeline.name, key[0], key[1], str(variant), start,
+                                start + self.window_ms, found, evaluated)  # fmt: skip
+            before = done.open_alerts.get(key, self.open_alerts.get(key, {}))
+            done.open_alerts[key], alerts = track(before, facts)
+            done.alerts.extend(alerts)
+            done.judged_until[key] = start
 
     def due_windows(
         self, client: Client, now: datetime

@@ -226,3 +226,22 @@ def test_compare_shows_quality_per_version_once_labels_came(filled: ClickHouse) 
         assert summary.labeled == 2 * EVENTS_PER_WINDOW  # every other event of four windows
         assert 0.5 < summary.accuracy <= 1.0 and 0.0 <= summary.brier < 0.25
         assert summary.cpu_seconds_per_1k == pytest.approx(0.4)
+
+
+def test_accuracy_below_its_bound_raises_one_alert_per_segment(
+    filled: ClickHouse, registry: ModelRegistry
+) -> None:
+    strict = PIPELINE.with_overrides(
+        quality={"segments": ["channel"], "min_accuracy": 0.99, "min_labels": 100}
+    )
+    job = QualityJob(strict, registry)
+    done = job.run(filled.client, datetime.now(UTC))
+    firing = [a for a in done.alerts if a.state == "firing"]
+    conditions = {(a.model_version, a.subject) for a in firing}
+    assert {("1", "all events"), ("2", "all events")} <= conditions
+    assert len(firing) == len(conditions), "each condition fires once over the four windows"
+    alert = next(a for a in firing if (a.model_version, a.subject) == ("1", "all events"))
+    assert alert.message.startswith("Accuracy for all events was 0.9")
+    assert "(below 0.990) on 500 labeled events for payments-fraud v1" in alert.message
+    job.commit(done)
+    assert job.run(filled.client, datetime.now(UTC)).alerts == [], "each window judged once"
