@@ -85,7 +85,7 @@ class MonitorAgent:
         self.bad_partials = 0
         self.write_failures = 0
         self.alerts_published = 0
-        self.open_alerts = 0
+        self.open_alerts: dict[str, int] = {}  # per model version key
         self.closed_until: dict[str, int] = {}
         self.open_events: dict[str, int] = {}
         self.unwritten: dict[str, int] = {}
@@ -255,7 +255,7 @@ class MonitorAgent:
                 break
             mark_closed(state, window)
             state["alerts"] = alerts
-            self.open_alerts = len(alerts)
+            self.open_alerts[key] = len(alerts)
             written += 1
             self.windows_written += 1
             self.closed_until[key] = int(state["closed_until"])
@@ -385,7 +385,7 @@ class MonitorAgent:
             "paused_seconds": round(self.paused_seconds, 1),
             "rewinds": self.position.rewinds,
             "partials_skipped": self.position.skipped,
-            "open_alerts": self.open_alerts,
+            "open_alerts": sum(self.open_alerts.values()),
             "alerts_published": self.alerts_published,
             "alerts_copied": self.alerts_copier.copied,
             "quality_runs": self.quality.runs,
