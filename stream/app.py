@@ -14,10 +14,12 @@ from typing import Any
 
 import faust
 from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream.background import BackgroundLoop
 from stream.deploy.control import ControlWatcher
 from stream.engine.scoring import ScoringEngine
+from stream.metrics import WorkerCollector, WorkerMetrics
 from stream.models.registry import ModelRegistry
 from stream.monitor.agent import MonitorAgent, copy_model_events
 from stream.quality.logger import PredictionLogger
@@ -100,6 +102,7 @@ def create_app(
     watcher: ControlWatcher,
     registry: ModelRegistry,
     sink: ClickHouseSink,
+    metrics: WorkerMetrics | None = None,
 ) -> faust.App:
     """Build the worker's faust app: monitor agents, engines, and the status pages."""
     app = faust.App(
@@ -167,6 +170,14 @@ def create_app(
                 "clickhouse": sink.status(),
             }
         )
+
+    metrics = metrics or WorkerMetrics()
+    metrics.watch(WorkerCollector(lambda: engines, monitors.values, loggers.values))
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        """Prometheus metrics (text exposition format)."""
+        return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/stream/health/")
     async def health(web: Any, request: Any) -> Any:

@@ -15,6 +15,7 @@ from stream.engine.deployer import Deployer
 from stream.engine.runtime import build_runtime
 from stream.engine.scorer import EngineSerdes
 from stream.engine.scoring import ScoringEngine
+from stream.metrics import WorkerMetrics
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
 from stream.services.topics import ensure_topics, wait_for_broker
@@ -98,9 +99,9 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
             kafka_config, control_offset, deployer.apply, settings.stall_seconds
         )
         faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
-        app = create_app(
-            settings, pipelines, engines, watcher, registry, ClickHouseSink(clickhouse)
-        )
+        metrics = WorkerMetrics()
+        sink = ClickHouseSink(clickhouse, observe=metrics.observe_write)
+        app = create_app(settings, pipelines, engines, watcher, registry, sink, metrics)
         for engine in engines:
             engine.start()
         watcher.start()

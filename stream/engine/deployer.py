@@ -52,6 +52,7 @@ class Deployer:
     def _reject(self, engine: ScoringEngine, state: DeploymentState, reason: str) -> None:
         pipeline = engine.pipeline
         revision = state.current.revision
+        engine.counters.revisions_rejected += 1
         log.error("%s revision %d rejected: %s", pipeline.name, revision, reason)
         models = ",".join(sorted(str(k) for k in state.current.models()))
         event = model_event(pipeline.name, revision, engine.worker_id, "rejected", reason, models)

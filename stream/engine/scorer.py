@@ -54,6 +54,9 @@ class EngineCounters:
     assigned: list[str] = field(default_factory=list)
     assigned_at: float = 0.0  # wall clock of the latest assignment, seconds
     lag: dict[str, int] = field(default_factory=dict)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    revisions_applied: int = 0
+    revisions_rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,8 @@ class BatchScorer:
             headers=dead_letter_headers(record, error),
         )
         self.counters.dead_letters += 1
+        reasons = self.counters.dead_letter_reasons
+        reasons[error.reason] = reasons.get(error.reason, 0) + 1
 
 
 def _context(record: Record) -> EventContext:

@@ -28,6 +28,7 @@ from stream.engine.batching import BatchPolicy
 from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import Runtime
 from stream.engine.scorer import BatchScorer, EngineCounters, EngineSerdes
+from stream.metrics import ModelTotals
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class ScoringEngine(BackgroundLoop):
         self._broken = False
         self._owned: set[tuple[str, int]] = set()
         self.ready = threading.Event()
+        self.totals = ModelTotals()  # histograms since the start, for /metrics
 
     @property
     def counters(self) -> EngineCounters:
@@ -127,6 +129,7 @@ class ScoringEngine(BackgroundLoop):
         if runtime is None:
             return
         self.scorer.swap(runtime)
+        self.counters.revisions_applied += 1
         event = model_event(
             self.pipeline.name,
             runtime.revision,
@@ -264,6 +267,8 @@ class ScoringEngine(BackgroundLoop):
             if key not in serving and not acc.windows:
                 del self.scorer.accumulators[key]  # retired by a deployment, nothing left
                 continue
+            for stats in acc.windows.values():
+                self.totals.add(self.pipeline.name, acc.manifest.name, acc.manifest.version, stats)
             for value in acc.drain(now_ms):
                 self._partials.produce(self.pipeline.monitor_topic, value, key=acc.key)
 

@@ -114,6 +114,8 @@ class HistogramLayout:
         stats.count += n
         stats.reviews += reviews
         stats.latency += latency_counts(latency_ms)
+        stats.latency_sum_ms += float(latency_ms.sum())
+        stats.inference_sum_ms += inference_ms * n
         stats.inference[np.searchsorted(LATENCY_BOUNDS_MS, inference_ms, side="left")] += n
         stats.batches[batch_bucket(n)] += 1
         missing = np.isnan(values)
@@ -157,6 +159,8 @@ class WindowStats:
     batches: np.ndarray  # batch size histogram on BATCH_BOUNDS: one count per model run
     reviews: int = 0
     cpu_seconds: float = 0.0  # process CPU time attributed to this version's events
+    latency_sum_ms: float = 0.0
+    inference_sum_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merge(self, other: WindowStats) -> None:
@@ -177,6 +181,8 @@ class WindowStats:
         self.confidence += other.confidence
         self.batches += other.batches
         self.cpu_seconds += other.cpu_seconds
+        self.latency_sum_ms += other.latency_sum_ms
+        self.inference_sum_ms += other.inference_sum_ms
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -194,6 +200,8 @@ class WindowStats:
             "confidence": self.confidence.tolist(),
             "batches": self.batches.tolist(),
             "cpu_seconds": self.cpu_seconds,
+            "latency_sum_ms": self.latency_sum_ms,
+            "inference_sum_ms": self.inference_sum_ms,
         }
 
     @classmethod
@@ -218,4 +226,6 @@ class WindowStats:
             # Partials and state written before cost was kept have none.
             batches=ints("batches") if "batches" in data else np.zeros(BATCH_BUCKETS, np.int64),
             cpu_seconds=float(data.get("cpu_seconds", 0.0)),
+            latency_sum_ms=float(data.get("latency_sum_ms", 0.0)),
+            inference_sum_ms=float(data.get("inference_sum_ms", 0.0)),
         )

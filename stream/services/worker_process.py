@@ -74,6 +74,12 @@ class WorkerProcess:
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
             return None
 
+    def text(self, path: str) -> str:
+        """A page of the worker's web server as text (e.g. ``/metrics``)."""
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
     def wait_until(self, check: Any, timeout: float, what: str) -> dict[str, Any]:
         """Poll the status page until ``check(status)`` is true; fail fast if the worker exits."""
         deadline = time.monotonic() + timeout

@@ -192,8 +192,10 @@ class ClickHouseSink:
         min_wait: float = 0.5,
         max_wait: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         self._client = ch.client
+        self._observe = observe  # (table, seconds, ok) of every insert, for /metrics
         self._min_wait = min_wait
         self._max_wait = max_wait
         self._clock = clock
@@ -206,11 +208,13 @@ class ClickHouseSink:
 
     def insert_arrow(self, table: str, columns: Sequence[str], stream: bytes, rows: int) -> None:
         """Write an Arrow IPC stream of ``rows`` rows as it is (ClickHouse reads the format)."""
+        started = time.perf_counter()
         try:
             self._client.raw_insert(table, list(columns), insert_block=stream, fmt="ArrowStream")
         except Exception as exc:
             self._failed(table, exc)
             raise SinkUnavailable(f"ClickHouse did not take {table}: {self.last_error}") from exc
+        self._took(table, started)
         self.rows_written += rows
         self._recovered()
 
@@ -222,7 +226,7 @@ class ClickHouseSink:
         try:
             result = work(self._client)
         except Exception as exc:
-            self._failed("a query", exc)
+            self._failed("query", exc)
             raise SinkUnavailable(f"ClickHouse did not run a query: {self.last_error}") from exc
         self._recovered()
         return result
@@ -239,13 +243,19 @@ class ClickHouseSink:
         """Write ``rows``, or raise SinkUnavailable and keep the caller's rows where they are."""
         if not rows:
             return
+        started = time.perf_counter()
         try:
             self._client.insert(table, [list(r) for r in rows], column_names=list(columns))
         except Exception as exc:
             self._failed(table, exc)
             raise SinkUnavailable(f"ClickHouse did not take {table}: {self.last_error}") from exc
+        self._took(table, started)
         self.rows_written += len(rows)
         self._recovered()
+
+    def _took(self, table: str, started: float) -> None:
+        if self._observe is not None:
+            self._observe(table, time.perf_counter() - started, True)
 
     def _recovered(self) -> None:
         if self.down_since is not None:
@@ -257,6 +267,8 @@ class ClickHouseSink:
         self._next_try = 0.0
 
     def _failed(self, table: str, exc: Exception) -> None:
+        if self._observe is not None:
+            self._observe(table, 0.0, False)
         now = self._clock()
         self.failed_inserts += 1
         self.last_error = " ".join(str(exc).split())[:300] or type(exc).__name__

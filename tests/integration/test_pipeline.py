@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.demo.data import FEATURES
 from stream.serde import AvroSerde, SerdeContext, load_schema
@@ -67,6 +68,7 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         what="alerts copied",
     )
     assert worker.page("/stream/health/") == {"healthy": True, "troubles": [], "degraded": []}
+    metrics = prometheus(worker.text("/metrics"), pipeline.name)
     ready = worker.page("/stream/ready/")
     assert ready is not None and ready["ready"] is True
     lag = ready["lag"][pipeline.name]
@@ -90,6 +92,15 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
         assert prediction["event_id"].encode() == message.key()
         assert prediction["model_version"] == "1"
     assert harness.review_count(pipeline) == engine(status, pipeline.name)["reviews"]
+    # The same counts on /metrics, as Prometheus reads them.
+    assert metrics["stream_predictions_total"] == len(predictions)
+    assert metrics["stream_events_consumed_total"] == 3000
+    assert metrics["stream_dead_letters_total"] == malformed
+    assert metrics["stream_end_to_end_latency_seconds_count"] == len(predictions)
+    assert metrics["stream_batch_size_sum"] == len(predictions)
+    assert metrics["stream_consumer_lag"] == 0 and metrics["stream_consumer_lag#series"] == 2
+    assert metrics["stream_clickhouse_write_seconds_count"] > 0
+    assert metrics["stream_windows_written_total"] >= 2
 
     (((count, windows, cpu, runs),), drift, alert_rows) = harness.sql(
         pipeline,
@@ -133,6 +144,18 @@ def test_scores_every_event_once_and_writes_windows(harness: PipelineHarness) ->
     assert shown.returncode == 0, shown.stderr
     assert f"{len(predictions):,} in" in shown.stdout and DRIFTED in shown.stdout
     assert page.read_text().count('<figure class="chart"') == 3, "no labels: no quality chart"
+
+
+def prometheus(text: str, pipeline: str) -> dict[str, float]:
+    """Each sample name's total over the pipeline's series (and ``NAME#series``: how many)."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("pipeline", pipeline) != pipeline or "le" in sample.labels:
+                continue
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            totals[f"{sample.name}#series"] = totals.get(f"{sample.name}#series", 0) + 1
+    return totals
 
 
 def _all_keys(

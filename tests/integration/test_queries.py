@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -245,3 +246,21 @@ def test_accuracy_below_its_bound_raises_one_alert_per_segment(
     assert "(below 0.990) on 500 labeled events for payments-fraud v1" in alert.message
     job.commit(done)
     assert job.run(filled.client, datetime.now(UTC)).alerts == [], "each window judged once"
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, SQL) of every ClickHouse panel of the Grafana dashboards."""
+    out = []
+    for path in sorted((PROJECT_ROOT / "ops" / "grafana" / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            if panel["datasource"]["uid"] == "clickhouse":
+                out += [(panel["title"], t["rawSql"]) for t in panel["targets"]]
+    return out
+
+
+@pytest.mark.parametrize(("title", "sql"), dashboard_queries(), ids=lambda v: v[:40])
+def test_every_dashboard_panel_query_runs(filled: ClickHouse, title: str, sql: str) -> None:
+    # What Grafana's ClickHouse plugin puts in place of the macros and the variable.
+    sql = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= now() - INTERVAL 6 HOUR", sql)
+    sql = sql.replace("${pipeline}", "payments")
+    assert filled.client.query(sql).result_rows, f"{title}: no rows on a pipeline's tables"
