@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +16,8 @@ import numpy as np
 from confluent_kafka import Producer
 
 from stream.demo.data import events
-from stream.serde import Serde, SerdeContext
+from stream.serde import AvroSerde, JsonSerde, Serde, SerdeContext, load_schema
+from stream.settings import PipelineConfig, Settings
 
 
 @dataclass
@@ -68,11 +72,11 @@ class PacedProducer:
         drift_from: int | None = None,
         malformed_share: float = 0.0,
         progress: Callable[[int], None] | None = None,
-        truth: dict[str, str] | None = None,
+        truth: list[tuple[str, str]] | None = None,
     ) -> ProduceReport:
         """Produce ``count`` events at ``rate`` a second (0: as fast as Kafka takes them).
 
-        ``truth``, when given, receives every event's true label by event id.
+        ``truth``, when given, receives every event's id and true label, in order.
         """
         report = ProduceReport()
         chunks = self._payloads(count, seed, drift, drift_from, malformed_share, report, truth)
@@ -93,7 +97,7 @@ class PacedProducer:
         drift_from: int | None,
         malformed_share: float,
         report: ProduceReport,
-        truth: dict[str, str] | None = None,
+        truth: list[tuple[str, str]] | None = None,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         rng = np.random.default_rng(seed)
         for events_chunk in self._chunks(count, 200, rng, drift, drift_from, truth):
@@ -151,7 +155,7 @@ class PacedProducer:
         rng: np.random.Generator,
         drift: Mapping[str, float] | None,
         drift_from: int | None,
-        truth: dict[str, str] | None = None,
+        truth: list[tuple[str, str]] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         run_id = uuid.uuid4().hex[:8]
         done = 0
@@ -165,28 +169,93 @@ class PacedProducer:
             done += n
 
 
-def publish_labels(kafka_config: dict[str, Any], topic: str, labels: dict[str, str]) -> int:
-    """Labels (event id → true label) to a pipeline's feedback topic, as its JSON records.
+class LabelSender:
+    """True labels to a pipeline's feedback topic, each ``delay`` seconds after its event.
 
-    The label time is now. Returns how many Kafka acknowledged.
+    ``schedule`` takes the events just sent (id, label); a thread of its own
+    publishes each one when it is due, as JSON records of ``{p}.feedback``
+    with the time of publishing as ``label_time``. ``close`` waits until every
+    scheduled label is published and acknowledged, and says how many were.
     """
-    failed = 0
 
-    def delivered(err: Any, _: Any) -> None:
-        nonlocal failed
-        failed += err is not None
+    def __init__(
+        self, kafka_config: dict[str, Any], topic: str, delay: float, share: float = 1.0
+    ) -> None:
+        self.topic = topic
+        self.delay = delay
+        self._share = share
+        self._producer = Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 20})
+        self._due: deque[tuple[float, list[tuple[str, str]]]] = deque()
+        self._lock = threading.Condition()
+        self._closing = False
+        self._failed = 0
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="labels", daemon=True)
+        self._thread.start()
 
-    producer = Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 20})
-    now_ms = int(time.time() * 1000)
-    for event_id, label in labels.items():
-        record = {"event_id": event_id, "label": label, "label_time": now_ms}
+    def schedule(self, labels: list[tuple[str, str]]) -> None:
+        if self._share < 1.0:
+            # The same events every run: a share of the event ids' hash space.
+            bound = int(self._share * 2**32)
+            labels = [(i, label) for i, label in labels if zlib.crc32(i.encode()) < bound]
+        with self._lock:
+            self._due.append((time.monotonic() + self.delay, labels))
+            self._lock.notify()
+
+    def _run(self) -> None:
         while True:
-            try:
-                producer.produce(
-                    topic, json.dumps(record).encode(), event_id.encode(), on_delivery=delivered
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-    remaining = producer.flush(60)
-    return len(labels) - failed - remaining
+            with self._lock:
+                while not self._due and not self._closing:
+                    self._lock.wait()
+                if not self._due:
+                    return
+                due, labels = self._due[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                self._due.popleft()
+            self._send(labels)
+
+    def _send(self, labels: list[tuple[str, str]]) -> None:
+        now_ms = int(time.time() * 1000)
+        for event_id, label in labels:
+            record = {"event_id": event_id, "label": label, "label_time": now_ms}
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, json.dumps(record).encode(), event_id.encode(),
+                        on_delivery=self._delivered,
+                    )  # fmt: skip
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+            self.sent += 1
+        self._producer.poll(0)
+
+    def _delivered(self, err: Any, _: Any) -> None:
+        if err is not None:
+            self._failed += 1
+
+    def close(self) -> int:
+        """Publish what is still scheduled (after its delay); return how many Kafka took."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+        remaining = self._producer.flush(60)
+        return self.sent - self._failed - remaining
+
+
+def publish_labels(kafka_config: dict[str, Any], topic: str, labels: dict[str, str]) -> int:
+    """Labels (event id → true label) to a pipeline's feedback topic now; how many Kafka took."""
+    sender = LabelSender(kafka_config, topic, delay=0.0)
+    sender.schedule(list(labels.items()))
+    return sender.close()
+
+
+def event_serde(settings: Settings, pipeline: PipelineConfig) -> Serde:
+    """The serializer of the pipeline's events (Avro with its schema, or JSON)."""
+    if pipeline.input.format == "json":
+        return JsonSerde()
+    return AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file))

@@ -36,8 +36,8 @@ from stream.demo.data import train_demo_model
 from stream.demo.run import kafka
 from stream.errors import ServiceError, StreamError
 from stream.models.registry import ModelRegistry
-from stream.produce import PacedProducer
-from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
+from stream.produce import PacedProducer, event_serde
+from stream.serde import load_schema
 from stream.services.readback import read_to_end
 from stream.services.topics import create_topics, ensure_topics, wait_for_broker
 from stream.settings import PipelineConfig, Settings
@@ -157,9 +157,9 @@ def _prepare(
         ],
     )
     with console.status(f"producing {options.events:,} events to {pipeline.events_topic}…"):
-        report = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline)).run(
-            options.events, rate=0, seed=1
-        )
+        report = PacedProducer(
+            kafka_config, pipeline.events_topic, event_serde(settings, pipeline)
+        ).run(options.events, rate=0, seed=1)
     if report.failed:
         raise ServiceError(f"{report.failed} benchmark events were not acknowledged")
     console.print(
@@ -170,12 +170,6 @@ def _prepare(
         bootstrap, folder, pipeline, files, registry.root, spec, options.events, options.batch,
         options.timeout, len(manifest.features),
     )  # fmt: skip
-
-
-def _serde(settings: Settings, pipeline: PipelineConfig) -> Serde:
-    if pipeline.input.format == "json":
-        return JsonSerde()
-    return AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file))
 
 
 def _throughput(
@@ -250,7 +244,7 @@ def _latency_run(
     worker = bench.worker(path, bench.folder / pipeline.name)
     # Payloads made before the clock starts: the load generator shares the machine's
     # cores with the worker and the broker, so it should take as little as it can.
-    producer = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline))
+    producer = PacedProducer(kafka_config, pipeline.events_topic, event_serde(settings, pipeline))
     chunks = producer.prepare(max(1, int(rate * seconds)), seed=2)
     try:
         worker.wait_ready()
@@ -297,7 +291,7 @@ def _scaling_run(
     """
     pipeline, path = _fresh_pipeline(settings, bench, f"x{workers}")
     kafka_config = {"bootstrap.servers": bench.bootstrap}
-    producer = PacedProducer(kafka_config, pipeline.events_topic, _serde(settings, pipeline))
+    producer = PacedProducer(kafka_config, pipeline.events_topic, event_serde(settings, pipeline))
     chunks = producer.prepare(bench.events, seed=3)
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     processes = [

@@ -62,7 +62,7 @@ def worker(
 @app.command()
 def produce(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name or pipeline file.")],
-    count: Annotated[int, typer.Option(min=1)] = 10_000,
+    count: Annotated[int, typer.Option(min=1, help="Events to produce.")] = 10_000,
     rate: Annotated[
         float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")
     ] = 1000.0,
@@ -71,10 +71,28 @@ def produce(
     ] = None,
     drift_from: Annotated[int, typer.Option("--from", help="Event index where drift starts.")] = 0,
     malformed: Annotated[float, typer.Option(min=0, max=1, help="Share of broken events.")] = 0.0,
+    labels: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Also publish each event's true label to {pipeline}.feedback this many "
+            "seconds after the event.",
+        ),
+    ] = None,
+    label_share: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of events that get a label.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic payments.")] = 1,
 ) -> None:
-    """Publish synthetic demo payments to {pipeline}.events."""
-    from stream.produce import PacedProducer
-    from stream.serde import AvroSerde, load_schema
+    """Publish synthetic demo payments to {pipeline}.events (and their labels, with --labels).
+
+    Also the documented example of a producer: see stream/produce.py.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from stream.produce import LabelSender, PacedProducer, event_serde
 
     settings = configure()
     config = load_pipeline(pipeline_path(pipeline))
@@ -85,17 +103,46 @@ def produce(
             shifts[name] = float(value)
         except ValueError:
             raise SettingsError("--drift", f"expected FEATURE=SHIFT, got {item!r}") from None
-    serde = AvroSerde(load_schema(settings.schemas_dir, config.input.schema_file))
-    producer = PacedProducer(settings.kafka_config(), config.events_topic, serde)
-    with console.status(f"producing {count:,} events to {config.events_topic}…"):
+    kafka_config = settings.kafka_config()
+    producer = PacedProducer(kafka_config, config.events_topic, event_serde(settings, config))
+    sender = (
+        None
+        if labels is None
+        else LabelSender(kafka_config, config.feedback_topic, labels, label_share)
+    )
+    truth: list[tuple[str, str]] = []
+    scheduled = 0
+    started = time.monotonic()
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8.0f} events/s"),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(config.events_topic, total=count, rate=0.0)
+
+        def advance(n: int) -> None:
+            nonlocal scheduled
+            done = progress.tasks[task].completed + n
+            progress.update(task, completed=done, rate=done / max(time.monotonic() - started, 1e-6))
+            if sender is not None:
+                sender.schedule(truth[scheduled:])
+                scheduled = len(truth)
+
         report = producer.run(
-            count, rate, drift=shifts, drift_from=drift_from, malformed_share=malformed
-        )
+            count, rate, seed=seed, drift=shifts, drift_from=drift_from,
+            malformed_share=malformed, progress=advance, truth=truth,
+        )  # fmt: skip
     console.print(
         f"produced {report.produced:,} events ({report.malformed} malformed, "
         f"{report.failed} failed) in {report.seconds:.1f}s"
     )
-    if report.failed:
+    failed = report.failed
+    if sender is not None:
+        with console.status(f"publishing the last labels ({labels:g}s after their events)…"):
+            sent = sender.close()
+        console.print(f"published {sent:,} labels to {config.feedback_topic}")
+        failed += sender.sent - sent
+    if failed:
         raise typer.Exit(1)
 
 

@@ -111,12 +111,12 @@ def events(
     drift: Mapping[str, float] | None = None,
     run_id: str | None = None,
     first_index: int = 0,
-    truth: dict[str, str] | None = None,
+    truth: list[tuple[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Payment events as the Avro schema ``payments_event.avsc`` describes them.
 
     Event ids are ``{run_id}-{index}``, unique within a run. ``truth``, when
-    given, receives each event's true label (fraud or legit) by event id.
+    given, receives each event's id and true label (fraud or legit), in order.
     """
     cols, labels = generate(n, rng, drift)
     run = run_id or uuid.uuid4().hex[:8]
@@ -132,7 +132,7 @@ def events(
         for name, cats in CATEGORIES.items():
             event[name] = cats[int(cols[name][i])]
         if truth is not None:
-            truth[event["event_id"]] = "fraud" if labels[i] else "legit"
+            truth.append((event["event_id"], "fraud" if labels[i] else "legit"))
         yield event
 
 

@@ -128,7 +128,7 @@ def _label(
 ) -> None:
     """Labels come back for every other scored event, as a fraud team's would."""
     scored = run.pop("scored_ids")
-    every_other = list(run.pop("truth").items())[::2]
+    every_other = run.pop("truth")[::2]
     labels = {event_id: label for event_id, label in every_other if event_id in scored}
     with console.status(f"publishing {len(labels):,} labels to {pipeline.feedback_topic}…"):
         run["labels"] = publish_labels(kafka_config, pipeline.feedback_topic, labels)
@@ -171,7 +171,7 @@ def _produce_and_account(
         f"point, drift on {', '.join(f'{k} (+{v:g} std)' for k, v in drift.items())}"
     )
     started = time.monotonic()
-    truth: dict[str, str] = {}
+    truth: list[tuple[str, str]] = []
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("produced", total=options.events, rate=0.0)
 

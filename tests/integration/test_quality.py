@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -107,3 +110,22 @@ def test_labels_before_and_after_their_predictions_give_quality_by_segment(
     from_feedback = [h for h in headers if h["source.topic"] == pipeline.feedback_topic.encode()]
     assert len(from_feedback) == 3
     assert {h["error.reason"] for h in from_feedback} == {b"invalid"}
+
+
+def test_produce_publishes_each_label_after_its_event(harness: PipelineHarness) -> None:
+    pipeline, path = harness.pipeline()
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "produce", str(path), "--count", "400", "--rate", "0",
+         "--labels", "0.5", "--label-share", "0.5"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "STREAM_KAFKA_BOOTSTRAP": harness.bootstrap},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = read_to_end(harness.kafka_config, [pipeline.events_topic, pipeline.feedback_topic])
+    sent = {m.key(): m.timestamp()[1] for m in out[pipeline.events_topic]}
+    labels = [json.loads(m.value()) for m in out[pipeline.feedback_topic]]
+    assert len(sent) == 400 and 150 < len(labels) < 250, "about half of them"
+    assert f"published {len(labels)} labels" in result.stdout
+    for label in labels:
+        assert label["label"] in ("fraud", "legit")
+        assert label["label_time"] >= sent[label["event_id"].encode()] + 500
