@@ -15,6 +15,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check stream tests bench
 	$(BIN)/ruff format --check stream tests bench
 	$(BIN)/mypy
+	# Every Avro schema against the previous commit's (the first commit: against itself).
+	$(BIN)/stream schemas check --against "$$(git rev-parse -q --verify HEAD~1 || echo HEAD)"
 
 unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests/unit

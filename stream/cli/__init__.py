@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 db = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
+schemas = typer.Typer(help="The Avro schemas in schemas/.", no_args_is_help=True)
+app.add_typer(schemas, name="schemas")
 app.add_typer(models, name="models")
 
 
@@ -143,6 +145,32 @@ def produce(
         console.print(f"published {sent:,} labels to {config.feedback_topic}")
         failed += sender.sent - sent
     if failed:
+        raise typer.Exit(1)
+
+
+@schemas.command("check")
+def schemas_check(
+    against: Annotated[
+        str, typer.Option(help="The previous versions: a git revision or a folder of .avsc files.")
+    ] = "HEAD",
+) -> None:
+    """Check every schema is backward and forward compatible with its previous version."""
+    from stream.schemas import check, previous_versions
+
+    settings = configure()
+    results = check(settings.schemas_dir, previous_versions(against, settings.schemas_dir))
+    table = Table("schema", "against " + against, "backward", "forward")
+    for r in results:
+        sure = r.status in ("new", "unchanged")
+        table.add_row(
+            r.name, r.status, "" if sure else "yes" if r.backward else "NO",
+            "" if sure else "yes" if r.forward else "NO",
+        )  # fmt: skip
+    console.print(table)
+    broken = [r for r in results if r.status == "incompatible"]
+    for r in broken:
+        console.print(f"[red]{r.name}[/]: {r.detail}")
+    if broken:
         raise typer.Exit(1)
 
 
