@@ -174,7 +174,7 @@ def test_the_examples_see_what_was_written(filled: ClickHouse) -> None:
 def chromium() -> str:
     found = next((path for name in BROWSERS if (path := shutil.which(name)) is not None), None)
     if found is None:
-        if os.environ.get("STREAM_REQUIRE_BROWSER"):
+        if os.environ.get("STREAM_REQUIRE_TOOLS"):
             pytest.fail(f"no headless browser: install one of {BROWSERS} (Debian: chromium)")
         pytest.skip(f"no headless browser ({', '.join(BROWSERS)}); .ci/run installs chromium")
     return found
