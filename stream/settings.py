@@ -31,30 +31,51 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="Kafka bootstrap servers; unset means start a local broker (demo only)"
     )
-    kafka_security_protocol: str | None = None
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_ca_location: str | None = None
-    clickhouse_dsn: SecretStr | None = Field(
-        None, description="chdb:///path (embedded) or http(s)://user:pass@host:8123/db"
+    kafka_security_protocol: str | None = Field(
+        None, description="librdkafka security.protocol, e.g. SASL_SSL"
     )
-    clickhouse_database: str = "stream"
+    kafka_sasl_mechanism: str | None = Field(None, description="librdkafka sasl.mechanism")
+    kafka_sasl_username: str | None = Field(None, description="librdkafka sasl.username")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="librdkafka sasl.password (never logged or printed)"
+    )
+    kafka_ssl_ca_location: str | None = Field(None, description="librdkafka ssl.ca.location")
+    clickhouse_dsn: SecretStr | None = Field(
+        None,
+        description="chdb:///path (embedded; default chdb://{STREAM_HOME}/clickhouse) or "
+        "http(s)://user:pass@host:8123/db",
+    )
+    clickhouse_database: str = Field("stream", description="Database for the tables")
     clickhouse_retention_days: int = Field(
         365, ge=0, description="Days ClickHouse keeps window, alert and model event rows; 0: always"
     )
     clickhouse_log_retention_days: int = Field(
         30, ge=0, description="Days ClickHouse keeps prediction_log and feedback rows; 0: always"
     )
-    registry: Path | None = Field(None, description="Model registry folder")
-    schemas_dir: Path = PROJECT_ROOT / "schemas"
-    migrations_dir: Path = PROJECT_ROOT / "ops" / "clickhouse"
-    schema_registry_url: str | None = None
-    app_id: str = "stream-worker"
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    replication_factor: int = 1
-    log_level: str = "INFO"
+    registry: Path | None = Field(
+        None, description="Model registry folder (default {STREAM_HOME}/registry)"
+    )
+    schemas_dir: Path = Field(
+        PROJECT_ROOT / "schemas", description="Avro schemas (default schemas/ in the project)"
+    )
+    migrations_dir: Path = Field(
+        PROJECT_ROOT / "ops" / "clickhouse",
+        description="ClickHouse migrations (default ops/clickhouse/ in the project)",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent Schema Registry: events are read and outputs written in its "
+        "wire format, output schemas registered",
+    )
+    app_id: str = Field(
+        "stream-worker", description="faust app id (consumer group of the monitor agents)"
+    )
+    web_host: str = Field(
+        "127.0.0.1", description="Address of the status, health and metrics pages"
+    )
+    web_port: int = Field(6066, description="Port of the status, health and metrics pages")
+    replication_factor: int = Field(1, description="Replication factor of the topics created")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
     table_store: Literal["memory", "rocksdb"] = Field(
         "memory",
         description="Where the monitor's window state lives: memory (rebuilt from its changelog "
@@ -110,41 +131,73 @@ class _Frozen(BaseModel):
 
 
 class InputSpec(_Frozen):
-    format: Literal["avro", "json"] = "avro"
-    schema_file: str = Field("payments_event.avsc", alias="schema")
-    event_id_field: str = "event_id"
-    event_time_field: str | None = "event_time"
-    max_event_bytes: int = Field(64 * 1024, gt=0)
+    """What producers write to ``{name}.events``."""
+
+    format: Literal["avro", "json"] = Field("avro", description="Encoding of the events")
+    schema_file: str = Field(
+        "payments_event.avsc", alias="schema", description="Avro schema of the events in schemas/"
+    )
+    event_id_field: str = Field("event_id", description="Field holding the event's unique id")
+    event_time_field: str | None = Field(
+        "event_time",
+        description="Field holding the event time (epoch ms); the Kafka timestamp when unset",
+    )
+    max_event_bytes: int = Field(
+        64 * 1024, gt=0, description="Larger events are dead letters (reason invalid)"
+    )
 
 
 class BatchSpec(_Frozen):
-    max_size: int = Field(1000, gt=0)
-    max_wait_ms: int = Field(5, ge=0)
+    """How the scoring engine batches."""
+
+    max_size: int = Field(1000, gt=0, description="Most events in one batch (one ONNX run)")
+    max_wait_ms: int = Field(
+        5, ge=0, description="How long a batch waits for more events after its first"
+    )
 
 
 class MonitorSpec(_Frozen):
-    window_seconds: float = Field(60.0, gt=0)
-    grace_seconds: float = Field(3.0, ge=0)
-    flush_interval_seconds: float = Field(1.0, gt=0)
-    min_samples: int = Field(200, ge=0)
-    psi_warn: float = Field(0.1, gt=0)
-    psi_alert: float = Field(0.25, gt=0)
-    # Shift of a numeric feature's mean, in standard deviations of its training data.
-    mean_shift_warn: float = Field(0.25, gt=0)
-    mean_shift_alert: float = Field(0.5, gt=0)
-    # Chance that a window without drift flags any of its features (Bonferroni
-    # over the features tested in the window); see stream.monitor.drift.
-    drift_alpha: float = Field(0.01, gt=0, lt=1)
-    # Share of a categorical feature's values that the model never saw in training.
-    unseen_warn: float = Field(0.01, gt=0, le=1)
-    unseen_alert: float = Field(0.05, gt=0, le=1)
-    # End-to-end p99 latency of a window above this raises an alert (none when unset).
-    latency_p99_alert_ms: float | None = Field(None, gt=0)
-    # Process CPU seconds per 1,000 predictions of a window above this raises an alert.
-    cost_alert_cpu_seconds_per_1k: float | None = Field(None, gt=0)
-    # Closed windows kept while ClickHouse does not take writes; past this many the
-    # monitor stops reading partials (they wait in Kafka) until it does again.
-    max_unwritten_windows: int = Field(30, gt=0)
+    """Windows, drift statistics and alert bands."""
+
+    window_seconds: float = Field(60.0, gt=0, description="Length of a monitor window")
+    grace_seconds: float = Field(
+        3.0, ge=0, description="How long after its end a window waits for late partials"
+    )
+    flush_interval_seconds: float = Field(
+        1.0, gt=0, description="Checkpoint interval: partials sent and offsets committed"
+    )
+    min_samples: int = Field(
+        200, ge=0, description="Fewer values than this in a window: no drift verdict"
+    )
+    psi_warn: float = Field(0.1, gt=0, description="PSI band for warn (with a significant test)")
+    psi_alert: float = Field(0.25, gt=0, description="PSI band for alert")
+    mean_shift_warn: float = Field(
+        0.25, gt=0, description="Mean shift in training standard deviations for warn"
+    )
+    mean_shift_alert: float = Field(0.5, gt=0, description="Mean shift for alert")
+    drift_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Chance that a window without drift flags anything (Bonferroni over the "
+        "tests in the window)",
+    )
+    unseen_warn: float = Field(
+        0.01, gt=0, le=1, description="Share of a category feature's values never seen, for warn"
+    )
+    unseen_alert: float = Field(0.05, gt=0, le=1, description="The same, for alert")
+    latency_p99_alert_ms: float | None = Field(
+        None, gt=0, description="A window's end-to-end p99 above this raises an alert"
+    )
+    cost_alert_cpu_seconds_per_1k: float | None = Field(
+        None, gt=0, description="A window's CPU seconds per 1,000 predictions above this alert"
+    )
+    max_unwritten_windows: int = Field(
+        30,
+        gt=0,
+        description="Closed windows kept while ClickHouse is away; past this the monitor "
+        "stops reading partials (they wait in Kafka)",
+    )
 
     @model_validator(mode="after")
     def _bands(self) -> MonitorSpec:
@@ -160,36 +213,51 @@ class MonitorSpec(_Frozen):
 class QualitySpec(_Frozen):
     """Labels from ``{name}.feedback`` joined with logged predictions, in ClickHouse."""
 
-    # Share of events whose prediction (with the model's input values when
-    # log_features is on) is logged to ClickHouse prediction_log, chosen by a hash
-    # of the Kafka key; 0 turns the log off (and quality with it).
-    log_sample_rate: float = Field(1.0, ge=0, le=1)
-    log_features: bool = True
-    # Event fields that split quality by segment (e.g. channel, country); logged with
-    # every prediction.
-    segments: list[str] = []
-    # A label counts for quality when it arrives at most this long after the
-    # prediction (labels before the prediction count too); later ones are
-    # counted as late_labels.
-    label_horizon_seconds: float = Field(3600.0, gt=0)
-    # Accuracy of a segment (or of all events) in a window below this raises an
-    # alert, judged once a window has min_labels labels there (none when unset).
-    min_accuracy: float | None = Field(None, gt=0, le=1)
-    min_labels: int = Field(100, gt=0)
+    log_sample_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of events logged to prediction_log, by a hash of the Kafka key; "
+        "0 turns the log (and quality) off",
+    )
+    log_features: bool = Field(True, description="Log the model's input values with each")
+    segments: list[str] = Field(
+        [], description="Event fields that split quality by segment, e.g. [channel, country]"
+    )
+    label_horizon_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A label counts when it came at most this long after its prediction; "
+        "later ones are counted as late_labels",
+    )
+    min_accuracy: float | None = Field(
+        None, gt=0, le=1, description="A segment's accuracy in a window below this alerts"
+    )
+    min_labels: int = Field(
+        100, gt=0, description="Labels a segment needs in a window before it is judged"
+    )
 
 
 class PipelineConfig(_Frozen):
     """One pipeline: ``{name}.events`` in, predictions, review items and dead letters out."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    model: ModelKey
-    input: InputSpec = InputSpec()
-    partitions: int = Field(4, gt=0)
-    batch: BatchSpec = BatchSpec()
-    review_threshold: float = Field(0.7, ge=0, le=1)
-    monitor: MonitorSpec = MonitorSpec()
-    quality: QualitySpec = QualitySpec()
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$", description="Pipeline name: topics are {name}.events, …"
+    )
+    model: ModelKey = Field(
+        description="NAME:VERSION that serves when stream.control has no state for the pipeline"
+    )
+    input: InputSpec = Field(InputSpec(), description="The events")
+    partitions: int = Field(4, gt=0, description="Partitions of the topics the worker creates")
+    batch: BatchSpec = Field(BatchSpec(), description="Batching")
+    review_threshold: float = Field(
+        0.7, ge=0, le=1, description="Predictions less confident than this also go to review"
+    )
+    monitor: MonitorSpec = Field(MonitorSpec(), description="Windows, drift and alerts")
+    quality: QualitySpec = Field(QualitySpec(), description="Prediction log and labels")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="at_least_once, or exactly_once with Kafka transactions"
+    )
 
     @property
     def events_topic(self) -> str:

@@ -154,3 +154,9 @@ def test_secrets_never_reach_the_output(tmp_path: Path) -> None:
         assert result.returncode != 0
         output = result.stdout + result.stderr
         assert "hunter2" not in output and "hunter3" not in output, args
+
+
+def test_the_readme_lists_every_setting_as_the_classes_define_it() -> None:
+    from stream.reference import README, reference
+
+    assert reference() in README.read_text(), "run: python -m stream.reference"
