@@ -31,7 +31,8 @@ def schema_registry(settings: Settings) -> Any:
         return None
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient({"url": settings.schema_registry_url})
+    # new_client: a mock:// URL gives confluent-kafka's in-memory registry (for tests).
+    return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
 
 
 def build_serdes(
@@ -55,11 +56,11 @@ def _output_serde(settings: Settings, schema_file: str, topic: str, registry: An
     schema = load_schema(settings.schemas_dir, schema_file)
     if registry is None:
         return AvroSerde(schema)
-    import json
-
     from confluent_kafka.schema_registry import Schema
 
-    schema_id = registry.register_schema(f"{topic}-value", Schema(json.dumps(schema), "AVRO"))
+    # The file as written: the parsed form carries fastavro's own keys.
+    text = (settings.schemas_dir / schema_file).read_text()
+    schema_id = registry.register_schema(f"{topic}-value", Schema(text, "AVRO"))
     return AvroSerde(schema, schema_id=schema_id)
 
 

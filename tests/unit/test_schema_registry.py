@@ -1,0 +1,80 @@
+"""The Confluent Schema Registry path against confluent-kafka's own mock registry client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from stream.demo.data import events
+from stream.serde import SerdeContext
+from stream.settings import PROJECT_ROOT, PipelineConfig, Settings
+from stream.worker import build_serdes
+
+SCHEMAS = PROJECT_ROOT / "schemas"
+PIPELINE = PipelineConfig.model_validate(
+    {"name": "payments", "model": {"name": "payments-fraud", "version": "1"}}
+)
+
+
+def registry(name: str) -> SchemaRegistryClient:
+    return SchemaRegistryClient.new_client({"url": f"mock://{name}"})
+
+
+def event_schema(change: Any) -> str:
+    raw = json.loads((SCHEMAS / "payments_event.avsc").read_text())
+    change(raw["fields"])
+    return json.dumps(raw)
+
+
+# Before device_age_days existed (the reader fills in its default, null); and a
+# producer already writing a field this reader does not know (it is skipped).
+OLDER = event_schema(lambda fields: fields.remove(
+    next(f for f in fields if f["name"] == "device_age_days")
+))  # fmt: skip
+NEWER = event_schema(lambda fields: fields.append(
+    {"name": "merchant_name", "type": "string", "default": "", "doc": "Merchant."}
+))  # fmt: skip
+
+
+def test_events_of_any_registered_version_are_read_and_outputs_registered(
+    tmp_path: Path,
+) -> None:
+    client = registry("events")
+    serdes = build_serdes(Settings(home=tmp_path), PIPELINE, client)
+    subjects = set(client.get_subjects())
+    assert {"payments.predictions-value", "payments.review-value"} <= subjects
+
+    current = (SCHEMAS / "payments_event.avsc").read_text()
+    event = next(events(1, np.random.default_rng(1), now_ms=1_000))
+    ctx = SerializationContext("payments.events", MessageField.VALUE)
+    on_topic = SerdeContext("payments.events")
+    for schema, written in (
+        (current, event),
+        (OLDER, {k: v for k, v in event.items() if k != "device_age_days"}),
+        (NEWER, {**event, "merchant_name": "corner shop"}),
+    ):
+        # auto.register.schemas: each version gets its own id under payments.events-value
+        read = serdes.events.deserialize(AvroSerializer(client, schema)(written, ctx), on_topic)
+        expected = {**event, "device_age_days": None} if schema is OLDER else event
+        assert read == expected
+    assert len(client.get_versions("payments.events-value")) == 3
+
+    prediction: dict[str, Any] = {
+        "event_id": "e1", "key": None, "pipeline": "payments", "model_name": "m",
+        "model_version": "1", "variant": "champion", "label": "fraud", "score": 0.9,
+        "probabilities": [0.1, 0.9], "confidence": 0.9, "event_time": 1, "scored_time": 2,
+        "latency_ms": 1.0, "inference_ms": 0.01,
+    }  # fmt: skip
+    wire = serdes.predictions.serialize(prediction, SerdeContext("payments.predictions"))
+    reader = AvroDeserializer(client)
+    decoded = reader(wire, SerializationContext("payments.predictions", MessageField.VALUE))
+    assert decoded == prediction
+    registered = client.get_latest_version("payments.predictions-value").schema
+    assert isinstance(registered, Schema)
+    assert "__fastavro" not in registered.schema_str, "the schema as written, not fastavro's form"
