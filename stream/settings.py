@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Port of the status, health and metrics pages")
     replication_factor: int = Field(1, description="Replication factor of the topics created")
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text (lines for people) or json (one object per line, for log "
+        "shippers); `stream --log-json` sets it",
+    )
     table_store: Literal["memory", "rocksdb"] = Field(
         "memory",
         description="Where the monitor's window state lives: memory (rebuilt from its changelog "

@@ -15,6 +15,7 @@ from stream.engine.deployer import Deployer
 from stream.engine.runtime import build_runtime
 from stream.engine.scorer import EngineSerdes
 from stream.engine.scoring import ScoringEngine
+from stream.logs import logging_config
 from stream.metrics import WorkerMetrics
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
@@ -107,7 +108,12 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
             engine.start()
         watcher.start()
         try:
-            worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+            worker = faust.Worker(
+                app,
+                loglevel=settings.log_level,
+                quiet=True,
+                logging_config=logging_config(settings.log_level, settings.log_format),
+            )
             worker.execute_from_commandline()
         finally:
             watcher.stop()

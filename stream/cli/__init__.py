@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,20 @@ app = typer.Typer(
 db = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
 schemas = typer.Typer(help="The Avro schemas in schemas/.", no_args_is_help=True)
+
+
+@app.callback()
+def options(
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Logs as JSON lines (STREAM_LOG_FORMAT=json).")
+    ] = False,
+) -> None:
+    """Real-time ONNX inference on Kafka event streams, monitored in ClickHouse."""
+    if log_json:
+        # Through the environment: child processes (workers of the demo) log so too.
+        os.environ["STREAM_LOG_FORMAT"] = "json"
+
+
 app.add_typer(schemas, name="schemas")
 app.add_typer(models, name="models")
 

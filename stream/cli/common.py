@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from rich.console import Console
 
+from stream import logs
 from stream.settings import PROJECT_ROOT, Settings, load_settings
 
 console = Console()
@@ -15,10 +15,7 @@ console = Console()
 def configure() -> Settings:
     """Settings from the environment, with logging set up for a command."""
     loaded = load_settings()
-    logging.basicConfig(
-        level=loaded.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(loaded.log_level, loaded.log_format)
     return loaded
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -160,3 +161,14 @@ def test_the_readme_lists_every_setting_as_the_classes_define_it() -> None:
     from stream.reference import README, reference
 
     assert reference() in README.read_text(), "run: python -m stream.reference"
+
+
+def test_log_json_gives_one_json_object_per_line(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "--log-json", "db", "migrate"],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
+    )  # fmt: skip
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"] == "applied migration 001_windows.sql" for r in records)
