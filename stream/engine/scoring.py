@@ -29,6 +29,7 @@ from stream.engine.outputs import OutputWriter
 from stream.engine.runtime import Runtime
 from stream.engine.scorer import BatchScorer, EngineCounters, EngineSerdes
 from stream.metrics import ModelTotals
+from stream.services.consumers import group_consumer, usable
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -146,16 +147,8 @@ class ScoringEngine(BackgroundLoop):
         )
 
     def _loop(self) -> None:
-        consumer = Consumer(
-            {
-                **self._kafka_config,
-                "group.id": self.pipeline.engine_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "client.id": f"{self.worker_id}-engine",
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1_000,
-            }
+        consumer = group_consumer(
+            self._kafka_config, self.pipeline.engine_group, f"{self.worker_id}-engine"
         )
         self._consumer = consumer
         consumer.subscribe(
@@ -176,7 +169,7 @@ class ScoringEngine(BackgroundLoop):
                 records = [
                     m
                     for m in batch
-                    if self._usable(m) and (m.topic(), m.partition()) in self._owned
+                    if usable(m, self.name) and (m.topic(), m.partition()) in self._owned
                 ]
                 if records:
                     self.scorer.score(records)
@@ -199,16 +192,6 @@ class ScoringEngine(BackgroundLoop):
         finally:
             consumer.close()
             self._consumer = None
-
-    @staticmethod
-    def _usable(message: Any) -> bool:
-        err = message.error()
-        if err is None:
-            return True
-        if err.fatal():
-            raise KafkaException(err)
-        log.warning("consumer error: %s", err)
-        return False
 
     def checkpoint(self, last: bool = False) -> None:
         """Commit what was scored since the last checkpoint, in the order the class doc gives."""

@@ -24,13 +24,14 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from stream.background import BackgroundLoop
 from stream.engine.outputs import OutputWriter, dead_letter_headers
 from stream.errors import EventContext, SinkUnavailable, ValidationError
 from stream.quality import logbatch
 from stream.quality.rows import FEEDBACK_COLUMNS, feedback_row
+from stream.services.consumers import group_consumer, usable
 from stream.settings import PipelineConfig
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -67,18 +68,12 @@ class PredictionLogger(BackgroundLoop):
         self._owned: set[tuple[str, int]] = set()
 
     def _loop(self) -> None:
-        consumer = Consumer(
-            {
-                **self._kafka_config,
-                "group.id": self.pipeline.log_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "client.id": f"{self._worker_id}-logger",
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1_000,
-                # Log messages are large (up to 1,000 rows): a small prefetch.
-                "queued.max.messages.kbytes": 16_384,
-            }
+        # Log messages are large (up to 1,000 rows): a small prefetch.
+        consumer = group_consumer(
+            self._kafka_config,
+            self.pipeline.log_group,
+            f"{self._worker_id}-logger",
+            **{"queued.max.messages.kbytes": 16_384},
         )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
@@ -108,7 +103,7 @@ class PredictionLogger(BackgroundLoop):
             if remaining <= 0:
                 break
             for m in consumer.consume(50, min(remaining, 0.5)):
-                if not self._usable(m):
+                if not usable(m, self.name):
                     continue
                 records.append(m)
                 if m.topic() == self.pipeline.feedback_topic:
@@ -116,17 +111,6 @@ class PredictionLogger(BackgroundLoop):
                 else:
                     rows += logbatch.MAX_ROWS  # at most; counting exactly would decode twice
         return records
-
-    @staticmethod
-    def _usable(message: Any) -> bool:
-        err = message.error()
-        if err is None:
-            return True
-        if err.fatal():
-            raise KafkaException(err)
-        if err.code() != KafkaError._PARTITION_EOF:
-            log.warning("logger consumer error: %s", err)
-        return False
 
     def _read(self, records: list[Any]) -> tuple[bytes | None, int, list[list[Any]]]:
         """The log batches as one Arrow stream (and its rows), and the label rows."""
