@@ -16,7 +16,8 @@ import numpy as np
 from confluent_kafka import Producer
 
 from stream.demo.data import events
-from stream.serde import AvroSerde, JsonSerde, Serde, SerdeContext, load_schema
+from stream.serde import JsonSerde, Serde, SerdeContext
+from stream.serde.registry import writer_serde
 from stream.settings import PipelineConfig, Settings
 
 
@@ -254,8 +255,9 @@ def publish_labels(kafka_config: dict[str, Any], topic: str, labels: dict[str, s
     return sender.close()
 
 
-def event_serde(settings: Settings, pipeline: PipelineConfig) -> Serde:
-    """The serializer of the pipeline's events (Avro with its schema, or JSON)."""
+def event_serde(settings: Settings, pipeline: PipelineConfig, registry: Any = None) -> Serde:
+    """The serializer of the pipeline's events: JSON, or Avro with its schema (in the Confluent
+    wire format, the schema registered, when a Schema Registry client is given)."""
     if pipeline.input.format == "json":
         return JsonSerde()
-    return AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file))
+    return writer_serde(settings, pipeline.input.schema_file, pipeline.events_topic, registry)

@@ -19,21 +19,12 @@ from stream.logs import logging_config
 from stream.metrics import WorkerMetrics
 from stream.models.registry import ModelRegistry
 from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
+from stream.serde.registry import schema_registry, writer_serde
 from stream.services.topics import ensure_topics, wait_for_broker
 from stream.settings import PipelineConfig, Settings, load_pipeline
 from stream.sinks.clickhouse import ClickHouseSink, apply_retention, connect, migrate
 
 log = logging.getLogger(__name__)
-
-
-def schema_registry(settings: Settings) -> Any:
-    """A Confluent Schema Registry client when STREAM_SCHEMA_REGISTRY_URL is set, else None."""
-    if not settings.schema_registry_url:
-        return None
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    # new_client: a mock:// URL gives confluent-kafka's in-memory registry (for tests).
-    return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
 
 
 def build_serdes(
@@ -46,23 +37,9 @@ def build_serdes(
         events = AvroSerde(load_schema(settings.schemas_dir, pipeline.input.schema_file), registry)
     return EngineSerdes(
         events=events,
-        predictions=_output_serde(
-            settings, "prediction.avsc", pipeline.predictions_topic, registry
-        ),
-        review=_output_serde(settings, "review.avsc", pipeline.review_topic, registry),
+        predictions=writer_serde(settings, "prediction.avsc", pipeline.predictions_topic, registry),
+        review=writer_serde(settings, "review.avsc", pipeline.review_topic, registry),
     )
-
-
-def _output_serde(settings: Settings, schema_file: str, topic: str, registry: Any) -> AvroSerde:
-    schema = load_schema(settings.schemas_dir, schema_file)
-    if registry is None:
-        return AvroSerde(schema)
-    from confluent_kafka.schema_registry import Schema
-
-    # The file as written: the parsed form carries fastavro's own keys.
-    text = (settings.schemas_dir / schema_file).read_text()
-    schema_id = registry.register_schema(f"{topic}-value", Schema(text, "AVRO"))
-    return AvroSerde(schema, schema_id=schema_id)
 
 
 def _deployment(states: dict[str, DeploymentState], pipeline: PipelineConfig) -> DeploymentState:

@@ -110,6 +110,7 @@ def produce(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from stream.produce import LabelSender, PacedProducer, event_serde
+    from stream.serde.registry import schema_registry
 
     settings = configure()
     config = load_pipeline(pipeline_path(pipeline))
@@ -121,7 +122,8 @@ def produce(
         except ValueError:
             raise SettingsError("--drift", f"expected FEATURE=SHIFT, got {item!r}") from None
     kafka_config = settings.kafka_config()
-    producer = PacedProducer(kafka_config, config.events_topic, event_serde(settings, config))
+    serde = event_serde(settings, config, schema_registry(settings))
+    producer = PacedProducer(kafka_config, config.events_topic, serde)
     sender = (
         None
         if labels is None

@@ -12,6 +12,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from stream.demo.data import events
+from stream.produce import event_serde
 from stream.serde import SerdeContext
 from stream.settings import PROJECT_ROOT, PipelineConfig, Settings
 from stream.worker import build_serdes
@@ -78,3 +79,19 @@ def test_events_of_any_registered_version_are_read_and_outputs_registered(
     registered = client.get_latest_version("payments.predictions-value").schema
     assert isinstance(registered, Schema)
     assert "__fastavro" not in registered.schema_str, "the schema as written, not fastavro's form"
+
+
+def test_the_producer_writes_what_the_pipeline_reads_through_the_registry(
+    tmp_path: Path,
+) -> None:
+    client = registry("producer")
+    settings = Settings(home=tmp_path)
+    writer = event_serde(settings, PIPELINE, client)
+    assert "payments.events-value" in client.get_subjects()
+    event = next(events(1, np.random.default_rng(2), now_ms=1_000))
+    wire = writer.serialize(event, SerdeContext("payments.events"))
+    assert wire[0] == 0, "Confluent wire format: magic byte, then the schema id"
+    reader = build_serdes(settings, PIPELINE, client).events
+    assert reader.deserialize(wire, SerdeContext("payments.events")) == event
+    ctx = SerializationContext("payments.events", MessageField.VALUE)
+    assert AvroDeserializer(client)(wire, ctx) == event, "and any Confluent consumer"
