@@ -49,6 +49,7 @@ class BenchOptions:
     runs: int = 3
     partitions: int = 4
     trees: int = 100
+    depth: int = 4
     batch: int = 1000
     format: Literal["avro", "json"] = "avro"
     engines: tuple[str, ...] = ENGINES
@@ -100,8 +101,12 @@ def _prepare(
     settings: Settings, options: BenchOptions, bootstrap: str, folder: Path, console: Console
 ) -> Workbench:
     registry = ModelRegistry(folder / "registry")
-    with console.status(f"training the benchmark model ({options.trees} trees)…"):
-        onnx_bytes, manifest = train_demo_model("bench-model", "1", trees=options.trees)
+    with console.status(
+        f"training the benchmark model ({options.trees} trees of depth {options.depth})…"
+    ):
+        onnx_bytes, manifest = train_demo_model(
+            "bench-model", "1", trees=options.trees, depth=options.depth
+        )
         registry.register(onnx_bytes, manifest)
     name = f"bench-{uuid.uuid4().hex[:6]}"
     pipeline = PipelineConfig.model_validate(
@@ -164,7 +169,8 @@ def _prepare(
         raise ServiceError(f"{report.failed} benchmark events were not acknowledged")
     console.print(
         f"{options.events:,} events in {pipeline.events_topic} ({options.partitions} partitions, "
-        f"{options.format}); model: {options.trees} trees, {len(manifest.features)} features"
+        f"{options.format}); model: {options.trees} trees of depth {options.depth}, "
+        f"{len(manifest.features)} features"
     )
     return Workbench(
         bootstrap, folder, pipeline, files, registry.root, spec, options.events, options.batch,
@@ -375,7 +381,8 @@ def _report(
     return {
         "workload": {
             "events": options.events, "runs": options.runs, "partitions": options.partitions,
-            "trees": options.trees, "batch": options.batch, "format": options.format,
+            "trees": options.trees, "depth": options.depth, "batch": options.batch,
+            "format": options.format,
             "features": bench.features,
         },
         "engines": engines,
@@ -445,7 +452,8 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("events/s (median, min-max)")
     workload = report["workload"]
     ax.set_title(
-        f"{workload['events']:,} events, {workload['runs']} runs, {workload['trees']} trees, "
+        f"{workload['events']:,} events, {workload['runs']} runs, {workload['trees']} trees "
+        f"of depth {workload['depth']}, "
         f"batch {workload['batch']}"
     )
     fig.tight_layout()

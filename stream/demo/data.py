@@ -142,6 +142,7 @@ def train_demo_model(
     rows: int = 20_000,
     seed: int = 7,
     trees: int = 100,
+    depth: int = 3,
 ) -> tuple[bytes, ModelManifest]:
     """Train gradient boosting on synthetic payments; return ONNX bytes and the manifest."""
     from skl2onnx import to_onnx
@@ -156,7 +157,7 @@ def train_demo_model(
     fill_row = np.array([fills.get(f, 0.0) for f in FEATURES])
     x = np.where(np.isnan(raw), fill_row, raw).astype(np.float32)
     split = int(rows * 0.8)
-    clf = GradientBoostingClassifier(n_estimators=trees, max_depth=3, random_state=seed)
+    clf = GradientBoostingClassifier(n_estimators=trees, max_depth=depth, random_state=seed)
     clf.fit(x[:split], labels[:split])
     onx = to_onnx(
         clf,
@@ -204,7 +205,9 @@ def train_demo_model(
         score_reference=score_reference(fresh_scores),
         confidence_reference=score_reference(confidences),
         training={
-            "algorithm": f"sklearn GradientBoostingClassifier(n_estimators={trees}, max_depth=3)",
+            "algorithm": (
+                f"sklearn GradientBoostingClassifier(n_estimators={trees}, max_depth={depth})"
+            ),
             "rows": rows,
             "fraud_rate": float(labels.mean()),
             "holdout_auc": round(auc, 4),
