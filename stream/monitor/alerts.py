@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream.monitor.drift import CONFIDENCE_ROW, SCORE_ROW, FeatureDrift
+from stream.monitor.windows import utc_from_ms
 from stream.settings import MonitorSpec
 
 SEVERITIES = ("warning", "critical")
@@ -157,7 +158,7 @@ def alert_row(record: dict[str, Any]) -> list[Any]:
     """A record of ``{p}.alerts`` as a row of ClickHouse ``alerts``."""
     values = {c: record[c] for c in ALERT_COLUMNS}
     for name in ("window_start", "window_end", "opened_at", "at"):
-        values[name] = _ts(int(values[name]))
+        values[name] = utc_from_ms(int(values[name]))
     for name in ("value", "threshold"):
         values[name] = float(values[name])
     return [values[c] for c in ALERT_COLUMNS]
@@ -302,7 +303,7 @@ def _sentence(a: Alert) -> str:
         return (
             f"{_subject(a.metric, a.subject)} is back within bounds "
             f"({_measure(a.measure, a.value)}) for {who} {where}. The alert had been open "
-            f"since {_ts(a.opened_at):%Y-%m-%d %H:%M:%S} UTC."
+            f"since {utc_from_ms(a.opened_at):%Y-%m-%d %H:%M:%S} UTC."
         )
     strongly = " strongly" if a.severity == "critical" else ""
     if a.metric == "drift":
@@ -331,10 +332,6 @@ def _sentence(a: Alert) -> str:
 
 def window_label(start_ms: int, end_ms: int) -> str:
     """``12:00-12:01 UTC`` (seconds shown only when the window needs them), with the day."""
-    start, end = _ts(start_ms), _ts(end_ms)
+    start, end = utc_from_ms(start_ms), utc_from_ms(end_ms)
     fmt = "%H:%M" if start.second == 0 and end.second == 0 else "%H:%M:%S"
     return f"{start:%Y-%m-%d} {start:{fmt}}-{end:{fmt}} UTC"
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)

@@ -168,7 +168,8 @@ def mark_closed(state: dict[str, Any], window: ClosedWindow) -> None:
         del state["closed"][old]
 
 
-def _ts(ms: int) -> datetime:
+def utc_from_ms(ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime."""
     return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
 
 
@@ -179,8 +180,8 @@ def _finite(value: float) -> float:
 def latency_row(window: ClosedWindow, manifest: ModelManifest, now: datetime) -> list[Any]:
     s = window.stats
     return [
-        window.pipeline, window.model, window.version, window.variant, _ts(window.start_ms),
-        _ts(window.end_ms), s.count, s.reviews,
+        window.pipeline, window.model, window.version, window.variant, utc_from_ms(window.start_ms),
+        utc_from_ms(window.end_ms), s.count, s.reviews,
         latency_quantile(s.latency, 0.5), latency_quantile(s.latency, 0.95),
         latency_quantile(s.latency, 0.99),
         latency_quantile(s.inference, 0.5), latency_quantile(s.inference, 0.95),
@@ -199,8 +200,8 @@ def drift_rows(window: ClosedWindow, drift: list[FeatureDrift], now: datetime) -
         rows.append(
             [
                 window.pipeline, window.model, window.version, window.variant,
-                _ts(window.start_ms), _ts(window.end_ms), d.feature, d.kind, d.count, d.nulls,
-                d.null_rate, d.psi, d.js, d.ks, _finite(d.mean), _finite(d.std),
+                utc_from_ms(window.start_ms), utc_from_ms(window.end_ms), d.feature, d.kind,
+                d.count, d.nulls, d.null_rate, d.psi, d.js, d.ks, _finite(d.mean), _finite(d.std),
                 _finite(d.ref_mean), _finite(d.ref_std), d.status, d.counts, window.revision, now,
                 d.unseen, d.unseen_rate, _finite(d.wasserstein), d.test, d.p_value,
                 _finite(d.mean_shift), d.mean_p_value,

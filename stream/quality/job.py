@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from stream.models.registry import ModelRegistry
 from stream.monitor.alerts import Alert, Condition, WindowFacts, track
+from stream.monitor.windows import utc_from_ms
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,6 @@ def _ms(dt: datetime) -> int:
 def _utc(dt: datetime) -> datetime:
     """ClickHouse hands DateTime64 values back with or without their zone; make them UTC."""
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
 
 
 @dataclass
@@ -173,7 +170,7 @@ class QualityJob:
             "groupArray((segment, segment_value, labeled, accuracy)) FROM quality_windows FINAL "
             "WHERE pipeline = {p:String} AND window_start IN {w:Array(DateTime64(3, 'UTC'))} "
             "GROUP BY model, model_version, window_start ORDER BY window_start",
-            parameters={"p": self.pipeline.name, "w": [_ts(s) for s in windows]},
+            parameters={"p": self.pipeline.name, "w": [utc_from_ms(s) for s in windows]},
         ).result_rows
         assert spec.min_accuracy is not None
         for model, version, variant, start, segments in rows:
@@ -224,19 +221,19 @@ class QualityJob:
             if last is not None and _ms(_utc(last)) > 0:
                 labels_since = _utc(last) - timedelta(minutes=1)
             else:
-                labels_since = _ts(since)
+                labels_since = utc_from_ms(since)
             with_predictions = client.query(
                 "SELECT DISTINCT toUnixTimestamp64Milli(toStartOfInterval(scored_time, "
                 "toIntervalMillisecond({w:UInt64}))) FROM prediction_log "
                 "WHERE pipeline = {pipeline:String} "
                 "AND scored_time >= {since:DateTime64(3, 'UTC')}",
-                parameters={**params, "since": _ts(since)},
+                parameters={**params, "since": utc_from_ms(since)},
             ).result_rows
             final = client.query(
                 "SELECT DISTINCT toUnixTimestamp64Milli(window_start) FROM quality_windows FINAL "
                 "WHERE pipeline = {pipeline:String} AND final = 1 "
                 "AND window_start >= {since:DateTime64(3, 'UTC')}",
-                parameters={**params, "since": _ts(since)},
+                parameters={**params, "since": utc_from_ms(since)},
             ).result_rows
             due = {int(r[0]) for r in with_predictions} - {int(r[0]) for r in final}
         else:
@@ -256,7 +253,7 @@ class QualityJob:
         labels_until = self.labels_until
         news = labels_since is None or (received is not None and received > labels_since)
         if received is not None and _ms(received) > 0 and news:
-            due |= self._labeled_windows(client, labels_since or _ts(0), received)
+            due |= self._labeled_windows(client, labels_since or utc_from_ms(0), received)
             labels_until = received
         due = {s for s in due if s + w <= closed_until}
         return due, (closed_until, now_ms, labels_until)
@@ -281,7 +278,11 @@ class QualityJob:
             "SELECT DISTINCT model, model_version FROM prediction_log "
             "WHERE pipeline = {pipeline:String} AND scored_time >= {lo:DateTime64(3, 'UTC')} "
             "AND scored_time < {hi:DateTime64(3, 'UTC')}",
-            parameters={"pipeline": self.pipeline.name, "lo": _ts(lo), "hi": _ts(hi)},
+            parameters={
+                "pipeline": self.pipeline.name,
+                "lo": utc_from_ms(lo),
+                "hi": utc_from_ms(hi),
+            },
         ).result_rows
         return [(str(m), str(v)) for m, v in rows]
 
@@ -305,9 +306,9 @@ class QualityJob:
             "version": version,
             "window_ms": self.window_ms,
             "horizon_ms": self.horizon_ms,
-            "windows": [_ts(s) for s in windows],
-            "lo": _ts(lo),
-            "hi": _ts(hi),
+            "windows": [utc_from_ms(s) for s in windows],
+            "lo": utc_from_ms(lo),
+            "hi": utc_from_ms(hi),
             "positive": positive,
             "binary": int(bool(positive)),
             "regressor": int(output is not None and output.kind == "regressor"),

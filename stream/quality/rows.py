@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from stream.errors import ValidationError
+from stream.monitor.windows import utc_from_ms
 
 FEEDBACK_COLUMNS = ["pipeline", "event_id", "label", "label_time", "received_at"]
 MAX_LABEL_LENGTH = 256
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
 
 
 def feedback_row(pipeline: str, record: Any, timestamp_ms: int, now: datetime) -> list[Any]:
@@ -37,4 +34,4 @@ def feedback_row(pipeline: str, record: Any, timestamp_ms: int, now: datetime) -
     label_time = record.get("label_time", timestamp_ms)
     if isinstance(label_time, bool) or not isinstance(label_time, int) or label_time < 0:
         raise ValidationError("feedback: label_time must be epoch milliseconds >= 0")
-    return [pipeline, event_id, text, _ts(label_time), now]
+    return [pipeline, event_id, text, utc_from_ms(label_time), now]
