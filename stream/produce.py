@@ -74,13 +74,17 @@ class PacedProducer:
         malformed_share: float = 0.0,
         progress: Callable[[int], None] | None = None,
         truth: list[tuple[str, str]] | None = None,
+        concept: bool = False,
     ) -> ProduceReport:
         """Produce ``count`` events at ``rate`` a second (0: as fast as Kafka takes them).
 
-        ``truth``, when given, receives every event's id and true label, in order.
+        ``truth``, when given, receives every event's id and true label, in order;
+        with ``concept`` those labels follow the changed fraud mechanism (concept drift).
         """
         report = ProduceReport()
-        chunks = self._payloads(count, seed, drift, drift_from, malformed_share, report, truth)
+        chunks = self._payloads(
+            count, seed, drift, drift_from, malformed_share, report, truth, concept
+        )
         return self._send(chunks, rate, report, progress)
 
     def prepare(self, count: int, seed: int = 1) -> list[list[tuple[bytes, bytes]]]:
@@ -99,9 +103,10 @@ class PacedProducer:
         malformed_share: float,
         report: ProduceReport,
         truth: list[tuple[str, str]] | None = None,
+        concept: bool = False,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         rng = np.random.default_rng(seed)
-        for events_chunk in self._chunks(count, 200, rng, drift, drift_from, truth):
+        for events_chunk in self._chunks(count, 200, rng, drift, drift_from, truth, concept):
             chunk = []
             for event in events_chunk:
                 if malformed_share and rng.random() < malformed_share:
@@ -157,6 +162,7 @@ class PacedProducer:
         drift: Mapping[str, float] | None,
         drift_from: int | None,
         truth: list[tuple[str, str]] | None = None,
+        concept: bool = False,
     ) -> Iterator[list[dict[str, Any]]]:
         run_id = uuid.uuid4().hex[:8]
         done = 0
@@ -166,7 +172,8 @@ class PacedProducer:
                 n = drift_from - done  # split the chunk where drift starts
             drifting = bool(drift) and (drift_from is None or done >= drift_from)
             now_ms = int(time.time() * 1000)
-            yield list(events(n, rng, now_ms, drift if drifting else None, run_id, done, truth))
+            shift = drift if drifting else None
+            yield list(events(n, rng, now_ms, shift, run_id, done, truth, concept))
             done += n
 
 

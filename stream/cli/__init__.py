@@ -100,6 +100,13 @@ def produce(
         float, typer.Option(min=0, max=1, help="Share of events that get a label.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic payments.")] = 1,
+    concept_drift: Annotated[
+        bool,
+        typer.Option(
+            "--concept-drift",
+            help="Label the events by a changed fraud mechanism (same features, new labels).",
+        ),
+    ] = False,
 ) -> None:
     """Publish synthetic demo payments to {pipeline}.events (and their labels, with --labels).
 
@@ -149,7 +156,7 @@ def produce(
 
         report = producer.run(
             count, rate, seed=seed, drift=shifts, drift_from=drift_from,
-            malformed_share=malformed, progress=advance, truth=truth,
+            malformed_share=malformed, progress=advance, truth=truth, concept=concept_drift,
         )  # fmt: skip
     console.print(
         f"produced {report.produced:,} events ({report.malformed} malformed, "

@@ -70,11 +70,17 @@ def feature_std(name: str) -> float:
 
 
 def generate(
-    n: int, rng: np.random.Generator, drift: Mapping[str, float] | None = None
+    n: int,
+    rng: np.random.Generator,
+    drift: Mapping[str, float] | None = None,
+    concept: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Columns of ``n`` payments (NaN where null; categories as codes) and their fraud labels.
 
     ``drift`` shifts numeric features by that many of their standard deviations.
+    ``concept`` changes what fraud looks like (concept drift): the features keep
+    their distributions, the labels follow another mechanism, so a model trained
+    before the change loses accuracy that no input drift statistic shows.
     """
     cols = _numeric_columns(n, rng)
     cols["channel"] = rng.choice(3, n, p=[0.45, 0.35, 0.20]).astype(np.float64)
@@ -82,7 +88,17 @@ def generate(
     cols["card_type"] = rng.choice(3, n, p=[0.6, 0.32, 0.08]).astype(np.float64)
     cols["distance_from_home_km"][rng.random(n) < 0.08] = np.nan
     cols["device_age_days"][cols["channel"] == 2] = np.nan  # card-present: no device
-    logit = (
+    logit = _new_mechanism(cols, n, rng) if concept else _mechanism(cols, n, rng)
+    labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+    for name, shift in (drift or {}).items():
+        if name not in NUMERIC:
+            raise ValueError(f"can only drift numeric features, not {name!r}")
+        cols[name] = cols[name] + shift * feature_std(name)
+    return cols, labels
+
+
+def _mechanism(cols: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    return (
         -6.0
         + 1.1 * np.log(cols["velocity_ratio"] + 0.1)
         + 6.0 * cols["ip_risk_score"]
@@ -96,12 +112,24 @@ def generate(
         - 0.0008 * cols["account_age_days"]
         + rng.normal(0.0, 0.5, n)
     )
-    labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-    for name, shift in (drift or {}).items():
-        if name not in NUMERIC:
-            raise ValueError(f"can only drift numeric features, not {name!r}")
-        cols[name] = cols[name] + shift * feature_std(name)
-    return cols, labels
+
+
+def _new_mechanism(cols: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Fraud moved: far from home, at night, on young cards and new devices; the IP's
+    risk no longer tells."""
+    distance = np.nan_to_num(cols["distance_from_home_km"], nan=20.0)
+    night = (cols["hour_of_day"] < 6) | (cols["hour_of_day"] >= 22)
+    device = np.nan_to_num(cols["device_age_days"], nan=300.0)
+    return (
+        -4.0
+        + 0.08 * distance
+        + 2.5 * night
+        - 0.002 * cols["card_age_days"]
+        + 2.5 * (device < 30)
+        + 0.6 * cols["txn_count_1h"]
+        + 0.9 * (cols["channel"] == 1)
+        + rng.normal(0.0, 0.5, n)
+    )
 
 
 def events(
@@ -112,13 +140,15 @@ def events(
     run_id: str | None = None,
     first_index: int = 0,
     truth: list[tuple[str, str]] | None = None,
+    concept: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Payment events as the Avro schema ``payments_event.avsc`` describes them.
 
     Event ids are ``{run_id}-{index}``, unique within a run. ``truth``, when
-    given, receives each event's id and true label (fraud or legit), in order.
+    given, receives each event's id and true label (fraud or legit), in order;
+    ``concept`` labels them by the changed fraud mechanism.
     """
-    cols, labels = generate(n, rng, drift)
+    cols, labels = generate(n, rng, drift, concept)
     run = run_id or uuid.uuid4().hex[:8]
     for i in range(n):
         event: dict[str, Any] = {
@@ -145,10 +175,9 @@ def train_demo_model(
     depth: int = 3,
 ) -> tuple[bytes, ModelManifest]:
     """Train gradient boosting on synthetic payments; return ONNX bytes and the manifest."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
+
+    from stream.demo.trainer import gradient_boosting_onnx
 
     rng = np.random.default_rng(seed)
     cols, labels = generate(rows, rng)
@@ -157,15 +186,9 @@ def train_demo_model(
     fill_row = np.array([fills.get(f, 0.0) for f in FEATURES])
     x = np.where(np.isnan(raw), fill_row, raw).astype(np.float32)
     split = int(rows * 0.8)
-    clf = GradientBoostingClassifier(n_estimators=trees, max_depth=depth, random_state=seed)
-    clf.fit(x[:split], labels[:split])
-    onx = to_onnx(
-        clf,
-        initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
-        options={id(clf): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
+    onnx_bytes, clf = gradient_boosting_onnx(
+        x[:split], labels[:split], "features", trees, depth, seed
     )
-    onnx_bytes = onx.SerializeToString()
     scores = clf.predict_proba(x)[:, 1]
     auc = float(roc_auc_score(labels[split:], scores[split:]))
     specs = []

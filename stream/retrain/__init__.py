@@ -1,0 +1,1 @@
+"""The closed loop: retrain from logged features and labels, validate, promote from shadow."""
