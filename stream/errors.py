@@ -101,3 +101,7 @@ class ModelError(EventError):
         super().__init__(message, ctx)
         self.model = model
         self.version = version
+
+
+class RetrainError(StreamError):
+    """Retraining could not produce a candidate: too few labeled events, or the trainer failed."""

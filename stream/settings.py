@@ -243,6 +243,83 @@ class QualitySpec(_Frozen):
     )
 
 
+class RetrainSpec(_Frozen):
+    """``stream models retrain``: a candidate from logged features and labels, and its gate."""
+
+    trainer: str = Field(
+        "stream.demo.trainer:train",
+        description="MODULE:FUNCTION taking (DataFrame, TrainingTask), returning a TrainedModel",
+    )
+    lookback_hours: float = Field(
+        24.0, gt=0, description="Train on predictions logged this many hours back (--since)"
+    )
+    min_rows: int = Field(500, gt=0, description="Labeled events needed to train at all")
+    holdout_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="The newest share of the labeled events, kept out of training to "
+        "validate the candidate against the champion",
+    )
+    primary_metric: Literal["accuracy", "brier", "log_loss", "mae", "rmse"] | None = Field(
+        None, description="The metric the gate judges by; accuracy (classifiers) or rmse when unset"
+    )
+    min_improvement: float = Field(
+        0.0,
+        description="The candidate must beat the champion on the primary metric by at least "
+        "this on the holdout (negative: may be this much worse)",
+    )
+    max_segment_regression: float = Field(
+        0.02,
+        ge=0,
+        description="…and be no worse than this on any segment (quality.segments) with "
+        "min_segment_labels labels",
+    )
+    min_segment_labels: int = Field(
+        100, gt=0, description="Labels a segment needs in the holdout to be judged"
+    )
+    shadow_on_pass: bool = Field(
+        False, description="Deploy a candidate that passes as a shadow right away"
+    )
+
+
+class PromotionSpec(_Frozen):
+    """``stream models promote``: the shadow evidence a candidate needs to take traffic."""
+
+    min_labeled: int = Field(
+        300, gt=0, description="Labeled events both the shadow and the champion scored"
+    )
+    min_improvement: float = Field(
+        0.0,
+        description="The lower end of the 95% interval of the shadow's gain over the champion "
+        "on the primary metric must be at least this",
+    )
+    max_latency_ratio: float = Field(
+        2.0, gt=0, description="Shadow inference p99 at most this times the champion's"
+    )
+    max_cost_ratio: float = Field(
+        2.0, gt=0, description="Shadow CPU s per 1,000 events at most this times the champion's"
+    )
+    lookback_minutes: float = Field(
+        1440.0, gt=0, description="Evidence from the shadow's predictions in this many minutes"
+    )
+    steps: list[float] = Field(
+        [100.0],
+        description="Traffic shares in percent the candidate takes in turn, e.g. [10, 50, 100]",
+    )
+    step_seconds: float = Field(
+        300.0, ge=0, description="Time at each step before its checks, then the next step"
+    )
+
+    @model_validator(mode="after")
+    def _steps(self) -> PromotionSpec:
+        if not self.steps or self.steps[-1] != 100 or sorted(self.steps) != self.steps:
+            raise ValueError("steps must increase and end at 100")
+        if any(not 0 < s <= 100 for s in self.steps):
+            raise ValueError("steps are percentages in (0, 100]")
+        return self
+
+
 class PipelineConfig(_Frozen):
     """One pipeline: ``{name}.events`` in, predictions, review items and dead letters out."""
 
@@ -260,6 +337,8 @@ class PipelineConfig(_Frozen):
     )
     monitor: MonitorSpec = Field(MonitorSpec(), description="Windows, drift and alerts")
     quality: QualitySpec = Field(QualitySpec(), description="Prediction log and labels")
+    retrain: RetrainSpec = Field(RetrainSpec(), description="Retraining and its gate")
+    promotion: PromotionSpec = Field(PromotionSpec(), description="Promotion from shadow")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="at_least_once, or exactly_once with Kafka transactions"
     )

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from stream.cli.closed_loop import models  # the models group, with retrain and promote
 from stream.cli.common import configure, console, pipeline_path
-from stream.cli.models import models
 from stream.errors import SettingsError, StreamError
 from stream.settings import load_pipeline
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,6 +14,9 @@ from stream.cli.common import configure, console, pipeline_path
 from stream.deploy.state import DeploymentState, Snapshot
 from stream.errors import ModelLoadError, SettingsError
 from stream.models.key import ModelKey
+
+if TYPE_CHECKING:
+    from stream.deploy.commands import ChangeResult
 
 models = typer.Typer(help="The model registry and deployments.", no_args_is_help=True)
 
@@ -82,6 +85,7 @@ def models_train_demo(
 Pipeline = Annotated[str, typer.Argument(help="Pipeline name (under pipelines/) or file.")]
 Model = Annotated[str, typer.Argument(help="Model version as NAME:VERSION.")]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the workers' answers.")]
+Reason = Annotated[str, typer.Option(help="Why, for the record (model_events).")]
 
 
 def _change(
@@ -89,6 +93,8 @@ def _change(
     change: Callable[[DeploymentState], DeploymentState],
     timeout: float,
     verify: bool = True,
+    reason: str = "",
+    force: bool = False,
 ) -> None:
     from stream.deploy.commands import change_deployment
     from stream.models.registry import ModelRegistry
@@ -97,9 +103,16 @@ def _change(
     settings = configure()
     pipeline = load_pipeline(pipeline_path(pipeline_ref))
     registry = ModelRegistry(settings.registry_path) if verify else None
-    result = change_deployment(settings.kafka_config(), pipeline, change, registry, timeout)
+    result = change_deployment(
+        settings.kafka_config(), pipeline, change, registry, timeout, reason=reason, force=force
+    )
+    report_change(result, timeout)
+
+
+def report_change(result: ChangeResult, timeout: float) -> None:
+    """Print what a deployment change did and exit 1 unless every worker applied it."""
     current = result.after.current
-    console.print(f"[bold]{pipeline.name}[/] revision {current.revision}: {current.change}")
+    console.print(f"[bold]{result.after.pipeline}[/] revision {current.revision}: {current.change}")
     console.print(f"  before: {result.before.current.describe()}")
     console.print(f"  now:    {current.describe()}")
     if not result.workers:
@@ -131,6 +144,10 @@ def models_deploy(
     fallback: Annotated[
         bool, typer.Option("--fallback", help="Score events the serving model fails on.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Deploy a candidate the retraining gate rejected.")
+    ] = False,
+    reason: Reason = "",
     timeout: Timeout = 30.0,
 ) -> None:
     """Deploy a model version to a running pipeline; waits until the workers answer."""
@@ -147,20 +164,24 @@ def models_deploy(
         pipeline,
         lambda s: s.deploy(key, weight=weight, shadow=shadow, route=rule, fallback=fallback),
         timeout,
+        reason=reason,
+        force=force,
     )
 
 
 @models.command("undeploy")
-def models_undeploy(pipeline: Pipeline, model: Model, timeout: Timeout = 30.0) -> None:
+def models_undeploy(
+    pipeline: Pipeline, model: Model, reason: Reason = "", timeout: Timeout = 30.0
+) -> None:
     """Take a model version out of a pipeline (serving, shadow, rules and fallback)."""
     key = ModelKey.parse(model)
-    _change(pipeline, lambda s: s.undeploy(key), timeout, verify=False)
+    _change(pipeline, lambda s: s.undeploy(key), timeout, verify=False, reason=reason)
 
 
 @models.command("rollback")
-def models_rollback(pipeline: Pipeline, timeout: Timeout = 30.0) -> None:
+def models_rollback(pipeline: Pipeline, reason: Reason = "", timeout: Timeout = 30.0) -> None:
     """Go back to the deployment before the current one."""
-    _change(pipeline, lambda s: s.rollback(), timeout)
+    _change(pipeline, lambda s: s.rollback(), timeout, reason=reason, force=True)
 
 
 @models.command("status")
@@ -264,8 +285,7 @@ def models_register(
 
     registry = ModelRegistry(configure().registry_path)
     if version is None:
-        numbers = [int(v) for v in registry.versions(name) if v.isdigit()]
-        version = str(max(numbers, default=0) + 1)
+        version = registry.next_version(name)
     if registry.exists(name, version):
         raise SettingsError("--version", f"{name}:{version} is already registered")
     onnx_bytes = onnx_file.read_bytes()

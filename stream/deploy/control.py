@@ -9,6 +9,7 @@ copies to ClickHouse ``model_events``.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -86,17 +87,52 @@ def publish_state(kafka_config: dict[str, Any], state: DeploymentState) -> None:
 
 
 def model_event(
-    pipeline: str, revision: int, worker: str, kind: str, message: str, models: str = ""
+    pipeline: str,
+    revision: int,
+    worker: str,
+    kind: str,
+    message: str,
+    models: str = "",
+    actor: str = "",
+    reason: str = "",
 ) -> dict[str, Any]:
+    """A worker's answer to a revision (worker set), or a step an actor took (actor set)."""
     return {
         "pipeline": pipeline,
         "revision": revision,
         "worker": worker,
+        "actor": actor,
         "kind": kind,
         "models": models,
         "message": message,
+        "reason": reason,
         "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
+
+
+def record_step(
+    kafka_config: dict[str, Any],
+    pipeline: str,
+    revision: int,
+    kind: str,
+    message: str,
+    models: str,
+    actor: str,
+    reason: str = "",
+) -> None:
+    """Put a step of the closed loop (deploy, retrain, gate, promotion) on the record:
+    ``stream.model-events``, which the workers copy to ClickHouse ``model_events``."""
+    event = model_event(pipeline, revision, "", kind, message, models, actor, reason)
+    publish(kafka_config, EVENTS_TOPIC, pipeline, event)
+
+
+def current_actor() -> str:
+    """Who runs this command: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def engine_workers(kafka_config: dict[str, Any], pipeline: str) -> set[str]:
@@ -129,7 +165,11 @@ def wait_for_acks(
                 event = json.loads(message.value())
             except ValueError:
                 continue
-            if event.get("pipeline") == pipeline and event.get("revision") == revision:
+            if (
+                event.get("pipeline") == pipeline
+                and event.get("revision") == revision
+                and event.get("worker")
+            ):
                 answers[event["worker"]] = event
         read = len(out[EVENTS_TOPIC])
         return workers <= set(answers)

@@ -126,6 +126,30 @@ class DeploymentState(_Frozen):
             f"deploy {model} for {weight:g}% of traffic",
         )
 
+    def promote(self, model: ModelKey, share: float) -> DeploymentState:
+        """``model`` takes ``share`` percent of traffic and stops shadowing; rules and the
+        fallback stay."""
+        cur = self.current
+        if share >= 100:
+            serving = [Weighted(model=model, weight=100)]
+        else:
+            others = [w for w in cur.serving if w.model != model]
+            if not others:
+                raise SettingsError(str(model), "already serves all traffic")
+            total = sum(w.weight for w in others)
+            serving = [
+                *(Weighted(model=w.model, weight=w.weight * (100 - share) / total) for w in others),
+                Weighted(model=model, weight=share),
+            ]
+        update = {"serving": serving, "shadows": [s for s in cur.shadows if s != model]}
+        return self._next(
+            cur.model_copy(update=update), f"promote {model} to {share:g}% of traffic"
+        )
+
+    def restore(self, snapshot: Snapshot, why: str) -> DeploymentState:
+        """A new revision serving exactly what ``snapshot`` served."""
+        return self._next(snapshot, f"back to revision {snapshot.revision}: {why}")
+
     def undeploy(self, model: ModelKey) -> DeploymentState:
         cur = self.current
         serving = [w for w in cur.serving if w.model != model]

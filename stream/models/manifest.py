@@ -86,6 +86,19 @@ class OutputSpec(_Frozen):
         return self.labels.index(self.positive_label) if self.positive_label else 1
 
 
+class Validation(_Frozen):
+    """The gate's verdict on a retrained candidate against the champion it would replace."""
+
+    status: Literal["passed", "rejected"]
+    champion: str
+    metric: str
+    candidate_value: float
+    champion_value: float
+    holdout_rows: int
+    reasons: list[str] = []
+    validated_at: str = ""
+
+
 class ModelManifest(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -98,6 +111,11 @@ class ModelManifest(_Frozen):
     score_reference: Reference | None = None
     confidence_reference: Reference | None = None
     training: dict[str, Any] = {}
+    validation: Validation | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.validation is not None and self.validation.status == "rejected"
 
     @field_validator("version", mode="before")
     @classmethod

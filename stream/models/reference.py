@@ -86,8 +86,7 @@ def build_manifest(
             )
         else:
             raise SettingsError("--features", f"unknown kind {kind!r} for {column}")
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    outputs = [o.name for o in session.get_outputs()]
+    input_name, outputs = onnx_signature(onnx_bytes)
     chosen = output or ("probabilities" if "probabilities" in outputs else outputs[-1])
     if chosen not in outputs:
         raise SettingsError("--output", f"no output {chosen!r} (outputs: {outputs})")
@@ -95,7 +94,7 @@ def build_manifest(
         name=name,
         version=version,
         onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-        input_name=session.get_inputs()[0].name,
+        input_name=input_name,
         features=specs,
         output=OutputSpec(
             kind="classifier" if labels else "regressor",
@@ -107,6 +106,15 @@ def build_manifest(
         training={"reference": reference.name, "rows": len(data)},
     )
     return with_output_references(manifest, onnx_bytes, np.column_stack(columns))
+
+
+def onnx_signature(onnx_bytes: bytes) -> tuple[str, list[str]]:
+    """The name of a model's first input and the names of its outputs."""
+    try:
+        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"onnxruntime cannot load the model: {exc}") from None
+    return session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
 
 
 def with_output_references(

@@ -26,6 +26,11 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in base.iterdir() if (p / MANIFEST_FILE).is_file())
 
+    def next_version(self, name: str) -> str:
+        """One more than the highest numbered version of ``name`` (1 for a new model)."""
+        numbers = [int(v) for v in self.versions(name) if v.isdigit()]
+        return str(max(numbers, default=0) + 1)
+
     def manifest(self, name: str, version: str) -> ModelManifest:
         folder = self.folder(name, version)
         if not folder.is_dir():

@@ -442,16 +442,20 @@ class TopicCopier:
             self.copied += len(rows)
 
 
-MODEL_EVENT_COLUMNS = ("pipeline", "revision", "worker", "kind", "models", "message", "at")
+MODEL_EVENT_COLUMNS = (
+    "pipeline", "revision", "worker", "actor", "kind", "models", "message", "reason", "at",
+)  # fmt: skip
 
 
 def model_event_row(event: dict[str, Any]) -> list[Any]:
+    """A row of ``model_events``; events written before actor and reason existed have none."""
     at = datetime.fromisoformat(event["at"])
-    return [*(event[c] for c in MODEL_EVENT_COLUMNS[:-1]), at]
+    return [*(event.get(c, "") for c in MODEL_EVENT_COLUMNS[:-1]), at]
 
 
 def copy_model_events(app: faust.App, sink: ClickHouseSink, writer: ThreadPoolExecutor) -> None:
-    """What workers did with deployment revisions, into ClickHouse ``model_events``."""
+    """What workers did with deployment revisions and the steps people and policies took,
+    into ClickHouse ``model_events``."""
     TopicCopier(
         app, EVENTS_TOPIC, "model_events", MODEL_EVENT_COLUMNS, model_event_row, sink, writer
     )
