@@ -35,7 +35,7 @@ def models_list() -> None:
         for state in states.values():
             for role in _roles(state.current):
                 serving.setdefault(role[0], []).append(f"{state.pipeline}: {role[1]}")
-    table = Table("model", "version", "features", "output", "trained on", "serves")
+    table = Table("model", "version", "features", "output", "trained on", "gate", "serves")
     names = sorted(p.name for p in registry.root.iterdir()) if registry.root.is_dir() else []
     for name in names:
         for version in registry.versions(name):
@@ -43,6 +43,7 @@ def models_list() -> None:
             table.add_row(
                 name, version, str(len(m.features)),
                 f"{m.output.kind} {'/'.join(m.output.labels)}", str(m.training.get("rows", "?")),
+                f"{m.validation.status} vs {m.validation.champion}" if m.validation else "-",
                 "\n".join(serving.get(f"{name}:{version}", [])) or "-",
             )  # fmt: skip
     console.print(table)

@@ -38,6 +38,8 @@ from stream.monitor.windows import (
 from stream.quality import logbatch
 from stream.quality.job import QualityJob
 from stream.quality.rows import FEEDBACK_COLUMNS, feedback_row
+from stream.retrain.gate import GateResult, GateRow
+from stream.retrain.job import write_validations
 from stream.settings import PROJECT_ROOT, PipelineConfig, Settings
 from stream.sinks.clickhouse import ClickHouse, ClickHouseSink, connect, migrate
 
@@ -129,8 +131,16 @@ def fill(
             "payments", 0, "host:1", "applied", "payments-fraud:1 100%", "payments-fraud:1"
         ),
         model_event("payments", 1, "host:1", "applied", "90/10 split", "payments-fraud:1,2"),
-    ]
+        model_event(
+            "payments", 1, "", "changed", "deploy payments-fraud:2 for 10% of traffic",
+            "payments-fraud:1 90%, payments-fraud:2 10%", "alice@host", "retrained on drift",
+        ),
+    ]  # fmt: skip
     sink.insert("model_events", MODEL_EVENT_COLUMNS, [model_event_row(e) for e in events])
+    row = GateRow("accuracy", "all", "", 2000, 0.91, 0.88, 0.03, "gain >= 0", True)
+    gate = GateResult("accuracy", [row], 2000)
+    candidate = {"version": "2", "validation": gate.verdict("payments-fraud:1")}
+    write_validations(ch.client, "payments", manifest.model_copy(update=candidate), gate)
 
 
 @pytest.fixture(scope="module")
