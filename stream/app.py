@@ -23,6 +23,7 @@ from stream.metrics import WorkerCollector, WorkerMetrics
 from stream.models.registry import ModelRegistry
 from stream.monitor.agent import MonitorAgent, copy_model_events
 from stream.quality.logger import PredictionLogger
+from stream.retrain.runner import RetrainJobs
 from stream.settings import PipelineConfig, Settings
 from stream.sinks.clickhouse import ClickHouseSink
 
@@ -45,11 +46,13 @@ class EngineService(Service):
         monitors: list[MonitorAgent],
         stall_after: float,
         loggers: list[PredictionLogger] | None = None,
+        jobs: list[RetrainJobs] | None = None,
         **kwargs: Any,
     ) -> None:
         self.engines = engines
         self.loggers = loggers or []
-        self.loops: list[BackgroundLoop] = [*engines, watcher, *self.loggers]
+        self.jobs = jobs or []
+        self.loops: list[BackgroundLoop] = [*engines, watcher, *self.loggers, *self.jobs]
         self.monitors = monitors
         self.stall_after = stall_after
         super().__init__(**kwargs)
@@ -63,15 +66,15 @@ class EngineService(Service):
         return found
 
     async def on_start(self) -> None:
-        for logger in self.loggers:
-            logger.start()
+        for loop in [*self.loggers, *self.jobs]:
+            loop.start()
 
     async def on_stop(self) -> None:
         loop = asyncio.get_running_loop()
         for engine in self.engines:
             await loop.run_in_executor(None, engine.stop)
-        for logger in self.loggers:
-            await loop.run_in_executor(None, logger.stop)
+        for background in [*self.loggers, *self.jobs]:
+            await loop.run_in_executor(None, background.stop)
 
     @Service.task
     async def _watch(self) -> None:
@@ -134,12 +137,19 @@ def create_app(
         for e in engines
         if e.pipeline.quality.log_sample_rate > 0
     }  # fmt: skip
+    # Workers with retrain jobs on run retraining requests and the pipelines' triggers.
+    jobs = {
+        p.name: RetrainJobs(p, kafka_config, registry, sink, writer, settings.stall_seconds)
+        for p in pipelines
+        if settings.retrain_jobs
+    }
     engine_service = EngineService(
         engines,
         watcher,
         list(monitors.values()),
         settings.stall_seconds,
         list(loggers.values()),
+        list(jobs.values()),
         loop=None,
     )
 
@@ -163,6 +173,9 @@ def create_app(
                             loggers[e.pipeline.name].status()
                             if e.pipeline.name in loggers
                             else None
+                        ),
+                        "retrain": (
+                            jobs[e.pipeline.name].status() if e.pipeline.name in jobs else None
                         ),
                     }
                     for e in engines

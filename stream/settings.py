@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         description="A loop without a turn, or a partition without progress while records "
         "wait, for this long takes the worker down (exit 1) so that it is restarted",
     )
+    retrain_jobs: bool = Field(
+        False,
+        description="This worker runs retraining jobs: requests on {pipeline}.retrain and "
+        "the pipeline's retrain.trigger, each job in a process of its own",
+    )
 
     @property
     def registry_path(self) -> Path:
@@ -243,6 +248,28 @@ class QualitySpec(_Frozen):
     )
 
 
+class RetrainTriggerSpec(_Frozen):
+    """An alert that stays open asks for a retraining (run by workers with retrain jobs on)."""
+
+    metric: Literal["drift", "quality", "unseen_categories", "latency_p99", "cost"] = Field(
+        description="Alert metric that triggers (quality: accuracy from labels)"
+    )
+    subject: str | None = Field(
+        None,
+        description="Only alerts on this feature, or segment for quality ('all events', "
+        "'channel=web'); any when unset",
+    )
+    severity: Literal["warning", "critical"] = Field(
+        "critical", description="Least severity that counts"
+    )
+    windows: int = Field(
+        3, gt=0, description="The alert still open this many monitor windows after it opened"
+    )
+    cooldown_minutes: float = Field(
+        60.0, ge=0, description="No new request within this many minutes of the last one"
+    )
+
+
 class RetrainSpec(_Frozen):
     """``stream models retrain``: a candidate from logged features and labels, and its gate."""
 
@@ -280,6 +307,9 @@ class RetrainSpec(_Frozen):
     )
     shadow_on_pass: bool = Field(
         False, description="Deploy a candidate that passes as a shadow right away"
+    )
+    trigger: RetrainTriggerSpec | None = Field(
+        None, description="An alert that asks for a retraining on {name}.retrain"
     )
 
 
@@ -370,6 +400,10 @@ class PipelineConfig(_Frozen):
     @property
     def feedback_topic(self) -> str:
         return f"{self.name}.feedback"
+
+    @property
+    def retrain_topic(self) -> str:
+        return f"{self.name}.retrain"
 
     @property
     def log_topic(self) -> str:

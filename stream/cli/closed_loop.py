@@ -57,21 +57,32 @@ def models_retrain(
     ] = None,
     version: Annotated[str | None, typer.Option(help="Version; default the next number.")] = None,
     seed: Annotated[int, typer.Option(help="Seed handed to the trainer.")] = 0,
+    request: Annotated[
+        bool,
+        typer.Option(
+            "--request",
+            help="Ask a worker with retrain jobs on to do it, with the pipeline's retrain "
+            "settings (a request on {pipeline}.retrain).",
+        ),
+    ] = False,
     reason: Reason = "",
     timeout: Timeout = 30.0,
 ) -> None:
     """Train a candidate on logged features and labels, judge it against the champion on the
     newest held-out events, and register it (rejected ones marked so). Exit 1 if rejected."""
-    from stream.deploy.commands import change_deployment, current_state
-    from stream.deploy.control import current_actor, record_step
+    from stream.deploy.commands import current_state
+    from stream.deploy.control import current_actor
     from stream.models.registry import ModelRegistry
-    from stream.retrain.job import retrain
+    from stream.retrain.job import announce, retrain
     from stream.settings import load_pipeline
     from stream.sinks.clickhouse import connect, migrate
 
     settings = configure()
     config = load_pipeline(pipeline_path(pipeline))
     kafka_config = settings.kafka_config()
+    if request:
+        _request(kafka_config, config.name, reason)
+        return
     state = current_state(kafka_config, config).current
     incumbent = ModelKey.parse(champion) if champion else state.serving[0].model
     now = datetime.now(UTC)
@@ -95,30 +106,32 @@ def models_retrain(
         f"{trainer_ref}; judged against {incumbent} on {gate.holdout_rows:,} newer ones"
     )
     _print_gate(gate)
-    actor = current_actor()
-    summary = f"{gate.metric} {gate.overall.candidate:.4f} vs {gate.overall.champion:.4f}"
-    record_step(
-        kafka_config, config.name, state.revision, "retrained",
-        f"{candidate.key} trained on {candidate.train_rows:,} events by {trainer_ref}",
-        str(candidate.key), actor, reason,
-    )  # fmt: skip
-    record_step(
-        kafka_config, config.name, state.revision,
-        "passed_gate" if gate.passed else "failed_gate",
-        f"{candidate.key} against {incumbent}: {summary}", str(candidate.key), actor,
-        "; ".join(gate.reasons) or summary,
+    result = announce(
+        kafka_config, config, registry, candidate, trainer_ref, state.revision, current_actor(),
+        reason, timeout,
     )  # fmt: skip
     if not gate.passed:
         console.print(f"[red]rejected[/]: {'; '.join(gate.reasons)}")
         console.print(f"registered as rejected in {candidate.folder}; deploying it needs --force")
         raise typer.Exit(1)
     console.print(f"[green]passed[/]: registered in {candidate.folder}")
-    if config.retrain.shadow_on_pass:
-        result = change_deployment(
-            kafka_config, config, lambda s: s.deploy(candidate.key, shadow=True), registry,
-            timeout, "policy:retrain.shadow_on_pass", f"passed the gate: {summary}",
-        )  # fmt: skip
+    if result is not None:
         report_change(result, timeout)
+
+
+def _request(kafka_config: dict[str, Any], pipeline: str, reason: str) -> None:
+    import time
+
+    from stream.deploy.control import current_actor
+    from stream.retrain.runner import publish_request
+    from stream.retrain.trigger import RetrainRequest
+
+    at = int(time.time() * 1000)
+    publish_request(kafka_config, RetrainRequest(pipeline, current_actor(), reason, "", at))
+    console.print(
+        f"asked for a retraining on {pipeline}.retrain; a worker with STREAM_RETRAIN_JOBS=true "
+        "runs it (its status page and model_events tell the outcome)"
+    )
 
 
 def _print_gate(gate: GateResult) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stream.deploy.commands import ChangeResult, change_deployment
+from stream.deploy.control import record_step
 from stream.errors import RetrainError
 from stream.models.key import ModelKey
 from stream.models.manifest import (
@@ -64,18 +66,46 @@ def retrain(
     version: str | None = None,
     seed: int = 0,
 ) -> Candidate:
-    """Train, judge and register a candidate to replace ``champion``; RetrainError when
-    there is too little to train on or the trainer fails, ModelLoadError when what it
-    made cannot serve."""
-    spec = pipeline.retrain
+    """Train, judge and register a candidate to replace ``champion``, and write the gate's
+    rows to ClickHouse; RetrainError when there is too little to train on or the trainer
+    fails, ModelLoadError when what it made cannot serve."""
+    events = read_training_events(client, registry, pipeline, champion, since, until)
+    candidate = train_and_judge(events, registry, pipeline, champion, trainer_ref, version, seed)
+    write_validations(client, pipeline.name, candidate.manifest, candidate.gate)
+    return candidate
+
+
+def read_training_events(
+    client: Any,
+    registry: ModelRegistry,
+    pipeline: PipelineConfig,
+    champion: ModelKey,
+    since: datetime,
+    until: datetime,
+) -> LabeledEvents:
     reference = registry.manifest(champion.name, champion.version)
     segments = pipeline.quality.segments
-    events = read_labeled_events(client, pipeline.name, reference, segments, since, until)
+    return read_labeled_events(client, pipeline.name, reference, segments, since, until)
+
+
+def train_and_judge(
+    events: LabeledEvents,
+    registry: ModelRegistry,
+    pipeline: PipelineConfig,
+    champion: ModelKey,
+    trainer_ref: str,
+    version: str | None = None,
+    seed: int = 0,
+) -> Candidate:
+    """The part of a retraining that needs no ClickHouse: train on the older events, judge
+    on the newer ones, register the candidate with the verdict."""
+    spec = pipeline.retrain
     if len(events) < spec.min_rows:
         raise RetrainError(
-            f"{len(events):,} labeled events of {champion.name} in {pipeline.name}'s prediction "
-            f"log since {since:%Y-%m-%d %H:%M} UTC; retrain.min_rows is {spec.min_rows:,}"
+            f"{len(events):,} labeled events of {champion.name} in {pipeline.name}'s "
+            f"prediction log; retrain.min_rows is {spec.min_rows:,}"
         )
+    reference = registry.manifest(champion.name, champion.version)
     train, holdout = events.split(spec.holdout_share)
     trained = _train(trainer_ref, train, reference, seed)
     version = version or registry.next_version(champion.name)
@@ -105,12 +135,44 @@ def retrain(
     manifest = manifest.model_copy(update={"validation": gate.verdict(str(champion))})
     manifest = ModelManifest.model_validate(manifest.model_dump())
     folder_path = registry.register(trained.onnx, manifest)
-    write_validations(client, pipeline.name, manifest, gate)
     log.info(
         "%s:%s %s the gate against %s", manifest.name, version,
         "passed" if gate.passed else "failed", champion,
     )  # fmt: skip
     return Candidate(manifest, folder_path, gate, len(train))
+
+
+def announce(
+    kafka_config: dict[str, Any],
+    pipeline: PipelineConfig,
+    registry: ModelRegistry,
+    candidate: Candidate,
+    trainer_ref: str,
+    revision: int,
+    actor: str,
+    reason: str,
+    timeout: float = 30.0,
+) -> ChangeResult | None:
+    """Put the retraining and the gate's verdict on the record; deploy a candidate that
+    passed as a shadow when the pipeline's policy says so (its ChangeResult, else None)."""
+    gate = candidate.gate
+    key = str(candidate.key)
+    champion = candidate.manifest.validation.champion if candidate.manifest.validation else ""
+    summary = f"{gate.metric} {gate.overall.candidate:.4f} vs {gate.overall.champion:.4f}"
+    record_step(
+        kafka_config, pipeline.name, revision, "retrained",
+        f"{key} trained on {candidate.train_rows:,} events by {trainer_ref}", key, actor, reason,
+    )  # fmt: skip
+    record_step(
+        kafka_config, pipeline.name, revision, "passed_gate" if gate.passed else "failed_gate",
+        f"{key} against {champion}: {summary}", key, actor, "; ".join(gate.reasons) or summary,
+    )  # fmt: skip
+    if not (gate.passed and pipeline.retrain.shadow_on_pass):
+        return None
+    return change_deployment(
+        kafka_config, pipeline, lambda s: s.deploy(candidate.key, shadow=True), registry,
+        timeout, "policy:retrain.shadow_on_pass", f"passed the gate: {summary}",
+    )  # fmt: skip
 
 
 def _train(

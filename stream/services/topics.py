@@ -44,6 +44,8 @@ def pipeline_topics(pipeline: PipelineConfig, replication: int) -> list[NewTopic
         NewTopic(pipeline.alerts_topic, 1, replication),
         NewTopic(pipeline.feedback_topic, p, replication),
         NewTopic(pipeline.log_topic, p, replication),
+        # Retraining requests: a few a day, one job at a time.
+        NewTopic(pipeline.retrain_topic, 1, replication),
         # One partition: a few partials a second, and one clock for every model version.
         NewTopic(pipeline.monitor_topic, 1, replication),
     ]

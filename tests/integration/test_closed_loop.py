@@ -60,17 +60,26 @@ def logged(pipeline: PipelineConfig, predictions: int, labels: int) -> Callable[
     return check
 
 
+def own_registry(harness: PipelineHarness) -> ModelRegistry:
+    """A registry of the test's own with the champion only: retraining adds 2, 3, …"""
+    root = harness.tmp / "registry"
+    shutil.copytree(harness.registry.folder("payments-fraud", "1"), root / "payments-fraud" / "1")
+    harness.registry = ModelRegistry(root)
+    return harness.registry
+
+
+QUALITY = {"segments": ["channel"], "min_accuracy": 0.85, "min_labels": 100}
+RETRAIN = {"min_rows": 1000, "holdout_share": 0.3, "min_segment_labels": 200,
+           "max_segment_regression": 0.03, "shadow_on_pass": True}  # fmt: skip
+
+
 def test_concept_drift_is_retrained_validated_shadowed_and_promoted(
     harness: PipelineHarness, figures: Callable[[str], None]
 ) -> None:
-    # A registry of this test's own, with the champion only: retraining adds 2 and 3.
-    root = harness.tmp / "registry"
-    shutil.copytree(harness.registry.folder("payments-fraud", "1"), root / "payments-fraud" / "1")
-    harness.registry = registry = ModelRegistry(root)
+    registry = own_registry(harness)
     pipeline, path = harness.pipeline(
-        quality={"segments": ["channel"], "min_accuracy": 0.85, "min_labels": 100},
-        retrain={"min_rows": 1000, "holdout_share": 0.3, "min_segment_labels": 200,
-                 "max_segment_regression": 0.03, "shadow_on_pass": True},
+        quality=QUALITY,
+        retrain=RETRAIN,
         # The test's champion has 20 trees, the demo trainer's candidates 100: slower, not broken.
         promotion={"min_labeled": 1000, "max_latency_ratio": 20, "max_cost_ratio": 20},
     )  # fmt: skip
@@ -168,4 +177,61 @@ def test_concept_drift_is_retrained_validated_shadowed_and_promoted(
         f"closed loop: champion accuracy {overall[4]:.3f} under concept drift, retrained "
         f"candidate {overall[3]:.3f} on {candidate.validation.holdout_rows:,} held-out events; "
         f"promoted after {len(versions):,} predictions, none lost"
+    )
+
+
+def retrain_status(status: dict[str, Any], pipeline: PipelineConfig) -> dict[str, Any]:
+    return dict(status["pipelines"][pipeline.name]["retrain"])
+
+
+def jobs_finished(pipeline: PipelineConfig) -> Callable[[dict[str, Any]], int]:
+    def count(status: dict[str, Any]) -> int:
+        jobs = retrain_status(status, pipeline)
+        return int(jobs["passed"] + jobs["rejected"] + jobs["failed"])
+
+    return count
+
+
+def test_an_accuracy_alert_that_stays_open_retrains_in_the_worker(
+    harness: PipelineHarness, figures: Callable[[str], None]
+) -> None:
+    """The trigger and the worker's retrain jobs, with the embedded engine held by the worker."""
+    registry = own_registry(harness)
+    trigger = {"metric": "quality", "subject": "all events", "windows": 2}
+    pipeline, path = harness.pipeline(quality=QUALITY, retrain={**RETRAIN, "trigger": trigger})
+    worker = harness.worker(path, STREAM_RETRAIN_JOBS="true")
+    worker.wait_ready()
+    finished = jobs_finished(pipeline)
+    started = time.monotonic()
+    drifted_traffic(harness, pipeline, 4000, seed=51)
+    status = worker.wait_until(
+        lambda s: finished(s) == 1, 120, "a retraining asked for by the accuracy alert"
+    )
+    took = time.monotonic() - started
+    assert retrain_status(status, pipeline)["passed"] == 1, retrain_status(status, pipeline)
+    assert registry.manifest("payments-fraud", "2").validation is not None
+    state = current_state(harness.kafka_config, pipeline).current
+    assert [str(k) for k in state.shadows] == ["payments-fraud:2"]
+
+    # A person asks too, while the worker holds the embedded ClickHouse folder.
+    asked = stream_cli(harness, "models", "retrain", str(path), "--request", "--reason", "manual")
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+
+    status = worker.wait_until(lambda s: finished(s) == 2, 120, "the requested retraining")
+    assert retrain_status(status, pipeline)["passed"] == 2, retrain_status(status, pipeline)
+    assert registry.manifest("payments-fraud", "3").validation is not None
+    assert worker.stop() == 0
+
+    (steps,) = harness.sql(
+        pipeline,
+        "SELECT kind, actor, reason FROM model_events FINAL "
+        "WHERE pipeline = {p:String} AND actor != '' ORDER BY at",
+    )
+    by_trigger = [(k, r) for k, a, r in steps if a == "policy:retrain.trigger"]
+    assert [k for k, _ in by_trigger] == ["retrained", "passed_gate"]
+    assert "Still open 2 windows after it opened" in by_trigger[0][1]
+    assert ("retrained", "manual") in [(k, r) for k, _, r in steps]
+    figures(
+        f"retrain trigger: accuracy alert → request → candidate trained, judged and shadowed "
+        f"by the worker {took:.0f} s after the drifted traffic began"
     )

@@ -21,6 +21,7 @@ from stream.retrain.dataset import LabeledEvents, segment_column
 from stream.retrain.evidence import Check, Evidence
 from stream.retrain.gate import judge
 from stream.retrain.metrics import paired_gain
+from stream.retrain.trigger import RetrainTrigger
 from stream.settings import PipelineConfig, RetrainSpec
 
 V1 = ModelKey(name="m", version="1")
@@ -208,3 +209,36 @@ def test_promotion_is_refused_on_weak_evidence_or_without_a_shadow(
     assert [k for k, _ in control.steps] == ["promotion_refused"]
     with pytest.raises(SettingsError, match="does not shadow"):
         run(monkeypatch, Control(initial_state("p", V1)), [100])
+
+
+def alert(state: str, opened_at: int, severity: str = "critical", **extra: Any) -> dict[str, Any]:
+    return {
+        "alert_id": f"a{opened_at}", "state": state, "severity": severity, "metric": "quality",
+        "subject": "all events", "opened_at": opened_at, "message": "Accuracy fell.", **extra,
+    }  # fmt: skip
+
+
+def test_an_alert_asks_for_retraining_once_after_its_windows_and_not_within_the_cooldown() -> None:
+    pipeline = PipelineConfig.model_validate(
+        {
+            "name": "p",
+            "model": {"name": "m", "version": "1"},
+            "monitor": {"window_seconds": 10},
+            "retrain": {"trigger": {"metric": "quality", "windows": 3, "cooldown_minutes": 1}},
+        }
+    )
+    trigger = RetrainTrigger(pipeline)
+    trigger.observe_alert(alert("firing", 0, severity="warning"), 0)  # below the severity
+    trigger.observe_alert(alert("firing", 0, metric="drift", alert_id="d"), 1)  # another metric
+    trigger.observe_alert(alert("firing", 1_000), 2)
+    trigger.observe_alert(alert("firing", 2_000), 3)
+    trigger.observe_alert(alert("resolved", 2_000), 4)
+    assert trigger.oldest_offset() == 2
+    assert trigger.due(30_999) is None, "3 windows of 10 s after it opened"
+    request = trigger.due(31_000)
+    assert request is not None and request.alert_id == "a1000"
+    assert request.requested_by == "policy:retrain.trigger"
+    assert request.reason == "Accuracy fell. Still open 3 windows after it opened."
+    trigger.observe_alert(alert("firing", 40_000), 5)
+    assert trigger.due(80_000) is None, "within the cooldown of a minute"
+    assert trigger.due(91_000) is not None and trigger.due(200_000) is None
