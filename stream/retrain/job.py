@@ -132,7 +132,13 @@ def train_and_judge(
         candidate.load()
         incumbent = registry.load(champion.name, champion.version)
         gate = judge(candidate, incumbent, holdout, spec)
-    manifest = manifest.model_copy(update={"validation": gate.verdict(str(champion))})
+    metrics = {r.metric: round(r.candidate, 6) for r in gate.rows if r.segment == "all"}
+    manifest = manifest.model_copy(
+        update={
+            "validation": gate.verdict(str(champion)),
+            "training": {**manifest.training, "holdout_metrics": metrics},
+        }
+    )
     manifest = ModelManifest.model_validate(manifest.model_dump())
     folder_path = registry.register(trained.onnx, manifest)
     log.info(

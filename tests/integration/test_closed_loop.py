@@ -19,7 +19,7 @@ from stream.produce import publish_labels
 from stream.serde import AvroSerde, SerdeContext, load_schema
 from stream.services.readback import read_to_end
 from stream.settings import PROJECT_ROOT, PipelineConfig
-from tests.integration.conftest import PipelineHarness, closed_until, window_end
+from tests.integration.conftest import PipelineHarness, closed_until, engine, window_end
 
 pytestmark = pytest.mark.integration
 
@@ -128,8 +128,9 @@ def test_concept_drift_is_retrained_validated_shadowed_and_promoted(
     worker = harness.worker(path)
     worker.wait_ready()
     ids += drifted_traffic(harness, pipeline, 3000, seed=42)
-    end = window_end(int(time.time() * 1000), int(pipeline.monitor.window_seconds * 1000))
-    worker.wait_until(logged(pipeline, 6000, 3000), timeout=90, what="shadow predictions logged")
+    status = worker.wait_until(logged(pipeline, 6000, 3000), 90, "shadow predictions logged")
+    window_ms = int(pipeline.monitor.window_seconds * 1000)
+    end = window_end(engine(status, pipeline.name)["last_scored_ms"], window_ms)
     worker.wait_until(
         lambda s: closed_until(s, pipeline.name) >= end, 60, "the shadow's windows written"
     )

@@ -9,9 +9,11 @@ import pytest
 from fastavro import parse_schema
 from fastavro.validation import validate
 
+from stream.deploy.control import model_event
 from stream.deploy.state import initial_state
 from stream.models.key import ModelKey
 from stream.monitor.alerts import rejection_alert
+from stream.retrain.trigger import RetrainRequest
 from stream.schemas import SchemaCheck, check, previous_versions
 from stream.settings import PROJECT_ROOT
 
@@ -53,6 +55,13 @@ def test_the_records_the_pipeline_writes_fit_their_schemas() -> None:
     feedback = schema("feedback.avsc")
     assert validate({"event_id": "e1", "label": "fraud", "label_time": 5}, feedback)
     assert validate({"event_id": "e1", "label": "fraud", "label_time": None}, feedback)
+    answer = model_event("payments", 3, "host-1", "applied", "serves revision 3", "fraud:2")
+    step = model_event("payments", 3, "", "promoted", "fraud:2 serves", "fraud:2", "a@h", "why")
+    assert validate(answer, schema("model_event.avsc")) and validate(
+        step, schema("model_event.avsc")
+    )
+    request = RetrainRequest("payments", "policy:retrain.trigger", "Accuracy fell.", "a1", 5)
+    assert validate(request.record(), schema("retrain_request.avsc"))
 
 
 def write(folder: Path, name: str, change: Any) -> Path:
