@@ -12,7 +12,15 @@ import typer
 from rich.table import Table
 
 from stream.cli.common import configure, console, pipeline_path
-from stream.cli.models import Model, Pipeline, Reason, Timeout, models, report_change
+from stream.cli.models import (
+    Model,
+    Pipeline,
+    Reason,
+    Timeout,
+    models,
+    print_change,
+    report_change,
+)
 from stream.errors import SettingsError
 from stream.models.key import ModelKey
 
@@ -193,12 +201,12 @@ def models_promote(
     outcome = promote(
         settings.kafka_config(), config, ModelRegistry(settings.registry_path), key, read,
         current_actor(), reason, force, timeout, report=show,
+        changed=lambda result: print_change(result, timeout),
     )  # fmt: skip
     if not outcome.promoted:
         console.print(f"[red]{key} not promoted[/]: {'; '.join(outcome.reasons)}")
         raise typer.Exit(1)
     console.print(
-        f"[green]{key} serves all of {config.name}'s traffic[/] "
-        f"(revisions {', '.join(map(str, outcome.revisions))}; replaced {outcome.champion}); "
-        f"`stream models rollback {config.name}` undoes the last step"
+        f"[green]{key} serves all traffic of {config.name}[/] in place of {outcome.champion}; "
+        f"`stream models rollback {pipeline}` undoes the last step"
     )

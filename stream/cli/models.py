@@ -112,6 +112,12 @@ def _change(
 
 def report_change(result: ChangeResult, timeout: float) -> None:
     """Print what a deployment change did and exit 1 unless every worker applied it."""
+    print_change(result, timeout)
+    if not result.complete:
+        raise typer.Exit(1)
+
+
+def print_change(result: ChangeResult, timeout: float) -> None:
     current = result.after.current
     console.print(f"[bold]{result.after.pipeline}[/] revision {current.revision}: {current.change}")
     console.print(f"  before: {result.before.current.describe()}")
@@ -127,8 +133,6 @@ def report_change(result: ChangeResult, timeout: float) -> None:
             console.print(f"  {worker}: [green]applied[/]")
         else:
             console.print(f"  {worker}: [red]{answer['kind']}[/]: {answer['message']}")
-    if not result.complete:
-        raise typer.Exit(1)
 
 
 @models.command("deploy")

@@ -145,7 +145,9 @@ def serving_costs(
         return [Check("traffic", False, f"no monitor windows of {missing} in {minutes:g} minutes")]
     return [
         Check("traffic", mine.count > 0, f"{mine.count:,} events scored by {candidate}"),
-        _ratio("latency", "inference p99", mine, theirs, "inference_p99", spec.max_latency_ratio),
+        _ratio(
+            "latency", "inference p99 (ms)", mine, theirs, "inference_p99", spec.max_latency_ratio
+        ),
         _ratio("cost", "CPU s per 1,000", mine, theirs, "cpu_seconds_per_1k", spec.max_cost_ratio),
     ]
 

@@ -102,8 +102,8 @@ def train_and_judge(
     spec = pipeline.retrain
     if len(events) < spec.min_rows:
         raise RetrainError(
-            f"{len(events):,} labeled events of {champion.name} in {pipeline.name}'s "
-            f"prediction log; retrain.min_rows is {spec.min_rows:,}"
+            f"{len(events):,} labeled events of {champion.name} in the prediction log of "
+            f"{pipeline.name}; retrain.min_rows is {spec.min_rows:,}"
         )
     reference = registry.manifest(champion.name, champion.version)
     train, holdout = events.split(spec.holdout_share)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from stream.deploy.commands import change_deployment, current_state
+from stream.deploy.commands import ChangeResult, change_deployment, current_state
 from stream.deploy.control import record_step
 from stream.deploy.state import DeploymentState, Snapshot
 from stream.errors import SettingsError
@@ -30,7 +30,7 @@ class Promotion:
     candidate: ModelKey
     champion: ModelKey
     stages: list[tuple[str, Evidence]] = field(default_factory=list)
-    revisions: list[int] = field(default_factory=list)
+    changes: list[ChangeResult] = field(default_factory=list)
     promoted: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -47,6 +47,7 @@ def promote(
     timeout: float = 30.0,
     wait: Callable[[float], None] = time.sleep,
     report: Callable[[str, Evidence], None] = lambda stage, evidence: None,
+    changed: Callable[[ChangeResult], None] = lambda result: None,
 ) -> Promotion:
     """Check the candidate's shadow evidence, then give it ``promotion.steps`` of the
     traffic in turn, checking it between steps; go back to the deployment before the
@@ -89,7 +90,8 @@ def promote(
             kafka_config, pipeline, partial(DeploymentState.promote, model=candidate, share=share),
             registry, timeout, actor, f"{why} ({step})", force,
         )  # fmt: skip
-        outcome.revisions.append(result.after.current.revision)
+        outcome.changes.append(result)
+        changed(result)
         if not result.complete:
             unanswered = sorted(
                 w for w in result.workers
@@ -98,7 +100,9 @@ def promote(
             failed = Evidence(
                 [Check("applied", False, f"workers {unanswered} did not apply {share:g}% in time")]
             )
-            _restore(kafka_config, pipeline, before, registry, timeout, actor, "not applied")
+            _restore(
+                kafka_config, pipeline, before, registry, timeout, actor, "not applied", changed
+            )
             return refuse(step, failed, result.after.current.revision)
         if share >= 100:
             break
@@ -119,11 +123,12 @@ def promote(
                 timeout,
                 actor,
                 "; ".join(evidence.reasons),
+                changed,
             )
             return refuse(f"{step}, {share:g}% of traffic", evidence, revision)
     outcome.promoted = True
     record_step(
-        kafka_config, pipeline.name, outcome.revisions[-1], "promoted",
+        kafka_config, pipeline.name, outcome.changes[-1].after.current.revision, "promoted",
         f"{candidate} serves all traffic", models, actor,
         "; ".join(f"{stage}: {e.summary()}" for stage, e in outcome.stages) or why,
     )  # fmt: skip
@@ -138,8 +143,10 @@ def _restore(
     timeout: float,
     actor: str,
     why: str,
+    changed: Callable[[ChangeResult], None],
 ) -> int:
     result = change_deployment(
         kafka_config, pipeline, lambda s: s.restore(before, why), registry, timeout, actor, why
     )
+    changed(result)
     return result.after.current.revision
