@@ -292,8 +292,12 @@ def broker() -> None:
     kafka = KafkaBroker(settings.home / "kafka").start()
     console.print(f"Kafka broker on {kafka.bootstrap} (pid {kafka.pid}); Ctrl-C stops it")
     console.print(f"export STREAM_KAFKA_BOOTSTRAP={kafka.bootstrap}")
+    # sigwait takes the signals only while they are blocked; unblocked, SIGTERM's default
+    # action would end this process and leave the broker (a session of its own) running.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)
     finally:
         kafka.stop()
 
