@@ -48,12 +48,27 @@ def malformed_payload(
     return kind, valid[: max(1, len(valid) // 3)]
 
 
-class PacedProducer:
-    """Publishes ``count`` events at ``rate`` per second (0: as fast as possible)."""
+EventSource = Callable[[int, np.random.Generator, int, str, int], Iterator[dict[str, Any]]]
+"""(n, rng, now_ms, run_id, first_index) → ``n`` events: another workload than the demo's."""
 
-    def __init__(self, kafka_config: dict[str, Any], topic: str, serde: Serde) -> None:
+
+class PacedProducer:
+    """Publishes ``count`` events at ``rate`` per second (0: as fast as possible).
+
+    The events are the demo's payments, or what ``source`` makes (without drift
+    or labels, which belong to the payments).
+    """
+
+    def __init__(
+        self,
+        kafka_config: dict[str, Any],
+        topic: str,
+        serde: Serde,
+        source: EventSource | None = None,
+    ) -> None:
         self.topic = topic
         self.serde = serde
+        self._source = source
         self._ctx = SerdeContext(topic)
         self._failed = 0
         self._producer = Producer(
@@ -106,7 +121,13 @@ class PacedProducer:
         concept: bool = False,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         rng = np.random.default_rng(seed)
-        for events_chunk in self._chunks(count, 200, rng, drift, drift_from, truth, concept):
+        if self._source is not None:
+            if drift or truth is not None or concept:
+                raise ValueError("drift, labels and concept drift need the demo's payments")
+            chunks = self._source_chunks(self._source, count, 200, rng)
+        else:
+            chunks = self._chunks(count, 200, rng, drift, drift_from, truth, concept)
+        for events_chunk in chunks:
             chunk = []
             for event in events_chunk:
                 if malformed_share and rng.random() < malformed_share:
@@ -153,6 +174,15 @@ class PacedProducer:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+
+    @staticmethod
+    def _source_chunks(
+        source: EventSource, count: int, chunk: int, rng: np.random.Generator
+    ) -> Iterator[list[dict[str, Any]]]:
+        run_id = uuid.uuid4().hex[:8]
+        for done in range(0, count, chunk):
+            now_ms = int(time.time() * 1000)
+            yield list(source(min(chunk, count - done), rng, now_ms, run_id, done))
 
     @staticmethod
     def _chunks(

@@ -24,8 +24,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream.errors import ServiceError
+from stream.produce import EventSource, PacedProducer, event_serde
 from stream.services.worker_process import WorkerProcess
-from stream.settings import PROJECT_ROOT, PipelineConfig
+from stream.settings import PROJECT_ROOT, PipelineConfig, Settings
 
 PEERS_DIR = PROJECT_ROOT / "bench"
 QUIX_REQUIREMENT = "quixstreams==3.28.1"
@@ -85,9 +86,16 @@ class Workbench:
     batch: int
     timeout: float
     features: int
+    schemas_dir: Path  # the project's schemas, plus the event schema of --features N
+    source: EventSource | None  # the events of --features N; None: the demo's payments
 
     def output_topic(self, engine: str) -> str:
         return f"{self.pipeline.name}.bench-{engine}"
+
+    def producer(self, settings: Settings, pipeline: PipelineConfig) -> PacedProducer:
+        kafka_config = {"bootstrap.servers": self.bootstrap}
+        serde = event_serde(settings, pipeline)
+        return PacedProducer(kafka_config, pipeline.events_topic, serde, self.source)
 
     def worker(self, pipeline_file: Path, home: Path, app_id: str | None = None) -> WorkerProcess:
         """A started `stream worker` with a state folder (and embedded ClickHouse) of its own."""
@@ -95,6 +103,7 @@ class Workbench:
             "STREAM_KAFKA_BOOTSTRAP": self.bootstrap,
             "STREAM_HOME": str(home),
             "STREAM_REGISTRY": str(self.registry),
+            "STREAM_SCHEMAS_DIR": str(self.schemas_dir),
             "STREAM_APP_ID": app_id or f"bench-{uuid.uuid4().hex[:8]}",
             "STREAM_LOG_LEVEL": "WARNING",
         }
@@ -142,6 +151,12 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
         code = worker.stop()
     if code not in (0, None):
         raise ServiceError(f"{engine}: worker exited with code {code}; see {worker.log_path}")
+    if int(counters["dead_letters"]):
+        # Every benchmark event is valid: a dead letter means the run measured something else.
+        raise ServiceError(
+            f"{engine}: {counters['dead_letters']} of {bench.events} events were dead letters; "
+            f"see {worker.log_path}"
+        )
     started, cpu_started, done_then = first
     if done_then < bench.events // 2:
         # Steady state, as the peers are measured from their first event: the engine

@@ -32,6 +32,7 @@ from stream.bench.engines import (
     run_peer,
     run_pipeline,
 )
+from stream.bench.workload import SCHEMA_FILE, float_events, schemas_folder, train_float_model
 from stream.demo.data import train_demo_model
 from stream.demo.run import kafka
 from stream.errors import ServiceError, StreamError
@@ -50,6 +51,7 @@ class BenchOptions:
     partitions: int = 4
     trees: int = 100
     depth: int = 4
+    features: int = 0  # 0: the demo's payments (19 features); N: N float features
     batch: int = 1000
     format: Literal["avro", "json"] = "avro"
     engines: tuple[str, ...] = ENGINES
@@ -80,6 +82,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         raise StreamError(f"--engines: unknown {sorted(unknown)}; choose from {list(ENGINES)}")
     folder = settings.home / "bench" / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
+    if options.features:
+        schemas = schemas_folder(settings.schemas_dir, folder, options.features)
+        settings = settings.model_copy(update={"schemas_dir": schemas})
     with kafka(settings, console) as bootstrap:
         wait_for_broker({"bootstrap.servers": bootstrap})
         bench = _prepare(settings, options, bootstrap, folder, console)
@@ -104,17 +109,23 @@ def _prepare(
     with console.status(
         f"training the benchmark model ({options.trees} trees of depth {options.depth})…"
     ):
-        onnx_bytes, manifest = train_demo_model(
-            "bench-model", "1", trees=options.trees, depth=options.depth
-        )
+        if options.features:
+            onnx_bytes, manifest = train_float_model(
+                "bench-model", "1", options.features, options.trees, options.depth
+            )
+        else:
+            onnx_bytes, manifest = train_demo_model(
+                "bench-model", "1", trees=options.trees, depth=options.depth
+            )
         registry.register(onnx_bytes, manifest)
+    schema_file = SCHEMA_FILE if options.features else "payments_event.avsc"
     name = f"bench-{uuid.uuid4().hex[:6]}"
     pipeline = PipelineConfig.model_validate(
         {
             "name": name,
             "model": {"name": "bench-model", "version": "1"},
             "partitions": options.partitions,
-            "input": {"format": options.format},
+            "input": {"format": options.format, "schema": schema_file},
             "batch": {"max_size": options.batch},
             "monitor": {"window_seconds": 10, "grace_seconds": 2},
         }
@@ -146,12 +157,13 @@ def _prepare(
                     {"name": f.name, "fill": f.fill, "categories": f.categories}
                     for f in manifest.features
                 ],
-                "event_schema": load_schema(settings.schemas_dir, "payments_event.avsc"),
+                "event_schema": load_schema(settings.schemas_dir, schema_file),
                 "prediction_schema": load_schema(settings.schemas_dir, "prediction.avsc"),
             }
         )
     )
     kafka_config = {"bootstrap.servers": bootstrap}
+    source = float_events(options.features) if options.features else None
     ensure_topics(kafka_config, [pipeline], settings.replication_factor)
     create_topics(
         kafka_config,
@@ -163,7 +175,7 @@ def _prepare(
     )
     with console.status(f"producing {options.events:,} events to {pipeline.events_topic}…"):
         report = PacedProducer(
-            kafka_config, pipeline.events_topic, event_serde(settings, pipeline)
+            kafka_config, pipeline.events_topic, event_serde(settings, pipeline), source
         ).run(options.events, rate=0, seed=1)
     if report.failed:
         raise ServiceError(f"{report.failed} benchmark events were not acknowledged")
@@ -174,7 +186,7 @@ def _prepare(
     )
     return Workbench(
         bootstrap, folder, pipeline, files, registry.root, spec, options.events, options.batch,
-        options.timeout, len(manifest.features),
+        options.timeout, len(manifest.features), settings.schemas_dir, source,
     )  # fmt: skip
 
 
@@ -250,7 +262,7 @@ def _latency_run(
     worker = bench.worker(path, bench.folder / pipeline.name)
     # Payloads made before the clock starts: the load generator shares the machine's
     # cores with the worker and the broker, so it should take as little as it can.
-    producer = PacedProducer(kafka_config, pipeline.events_topic, event_serde(settings, pipeline))
+    producer = bench.producer(settings, pipeline)
     chunks = producer.prepare(max(1, int(rate * seconds)), seed=2)
     try:
         worker.wait_ready()
@@ -296,8 +308,7 @@ def _scaling_run(
     worker starts early while the others still join the group.
     """
     pipeline, path = _fresh_pipeline(settings, bench, f"x{workers}")
-    kafka_config = {"bootstrap.servers": bench.bootstrap}
-    producer = PacedProducer(kafka_config, pipeline.events_topic, event_serde(settings, pipeline))
+    producer = bench.producer(settings, pipeline)
     chunks = producer.prepare(bench.events, seed=3)
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     processes = [

@@ -321,6 +321,12 @@ def bench(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of the events topic.")] = 4,
     trees: Annotated[int, typer.Option(min=1, help="Trees of the gradient boosting model.")] = 100,
     depth: Annotated[int, typer.Option(min=1, help="Depth of each tree.")] = 4,
+    features: Annotated[
+        int,
+        typer.Option(
+            min=0, help="N float features per event; 0: the demo's payments (19 features)."
+        ),
+    ] = 0,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the batching engines.")] = 1000,
     format: Annotated[str, typer.Option(help="Event encoding: avro or json.")] = "avro",
     engines: Annotated[
@@ -355,7 +361,8 @@ def bench(
     run_bench(
         settings,
         BenchOptions(
-            events=events, runs=runs, partitions=partitions, trees=trees, depth=depth, batch=batch,
+            events=events, runs=runs, partitions=partitions, trees=trees, depth=depth,
+            features=features, batch=batch,
             format=format,  # type: ignore[arg-type]
             engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
             latency=shares, latency_seconds=latency_seconds, scale=scale, json_path=json_file,

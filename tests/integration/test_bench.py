@@ -50,3 +50,20 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     assert json.loads((tmp_path / "bench.json").read_text()) == report
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "this pipeline, every feature on" in out.getvalue()
+
+
+def test_bench_takes_a_number_of_float_features(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", kafka_bootstrap=kafka_bootstrap)
+    report = run_bench(
+        settings,
+        BenchOptions(
+            events=1000, runs=1, partitions=2, trees=10, features=40, latency=(),
+            engines=("pipeline", "bare", "quix"), timeout=300,
+        ),
+        Console(file=io.StringIO(), width=200),
+    )  # fmt: skip
+    assert report["workload"]["features"] == 40
+    for engine in ("pipeline", "bare", "quix"):
+        entry = report["engines"][engine]
+        assert "error" not in entry, entry.get("error")
+        assert entry["runs"][0]["events"] == 1000, engine
