@@ -17,7 +17,7 @@ import pandas as pd
 
 from stream.deploy.commands import ChangeResult, change_deployment
 from stream.deploy.control import record_step
-from stream.errors import RetrainError
+from stream.errors import RetrainError, SettingsError
 from stream.models.key import ModelKey
 from stream.models.manifest import (
     ONNX_FILE,
@@ -69,23 +69,12 @@ def retrain(
     """Train, judge and register a candidate to replace ``champion``, and write the gate's
     rows to ClickHouse; RetrainError when there is too little to train on or the trainer
     fails, ModelLoadError when what it made cannot serve."""
-    events = read_training_events(client, registry, pipeline, champion, since, until)
+    reference = registry.manifest(champion.name, champion.version)
+    segments = pipeline.quality.segments
+    events = read_labeled_events(client, pipeline.name, reference, segments, since, until)
     candidate = train_and_judge(events, registry, pipeline, champion, trainer_ref, version, seed)
     write_validations(client, pipeline.name, candidate.manifest, candidate.gate)
     return candidate
-
-
-def read_training_events(
-    client: Any,
-    registry: ModelRegistry,
-    pipeline: PipelineConfig,
-    champion: ModelKey,
-    since: datetime,
-    until: datetime,
-) -> LabeledEvents:
-    reference = registry.manifest(champion.name, champion.version)
-    segments = pipeline.quality.segments
-    return read_labeled_events(client, pipeline.name, reference, segments, since, until)
 
 
 def train_and_judge(
@@ -105,6 +94,8 @@ def train_and_judge(
             f"{len(events):,} labeled events of {champion.name} in the prediction log of "
             f"{pipeline.name}; retrain.min_rows is {spec.min_rows:,}"
         )
+    if version is not None and registry.exists(champion.name, version):
+        raise SettingsError("--version", f"{champion.name}:{version} is already registered")
     reference = registry.manifest(champion.name, champion.version)
     train, holdout = events.split(spec.holdout_share)
     trained = _train(trainer_ref, train, reference, seed)

@@ -33,16 +33,19 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from stream.background import BackgroundLoop
 from stream.deploy.commands import current_state
 from stream.deploy.control import publish
-from stream.errors import StreamError
+from stream.errors import SinkUnavailable, StreamError
 from stream.models.registry import ModelRegistry
 from stream.retrain import offline
-from stream.retrain.job import Candidate, announce, read_training_events, write_validations
+from stream.retrain.dataset import read_labeled_events
+from stream.retrain.job import Candidate, announce, write_validations
 from stream.retrain.trigger import RetrainRequest, RetrainTrigger
 from stream.services.readback import read_to_end
 from stream.settings import PipelineConfig
 from stream.sinks.clickhouse import ClickHouseSink
 
 log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 10.0
 
 
 def publish_request(kafka_config: dict[str, Any], request: RetrainRequest) -> None:
@@ -76,6 +79,8 @@ class RetrainJobs(BackgroundLoop):
         self._writer = writer
         self.trigger = RetrainTrigger(pipeline) if pipeline.retrain.trigger else None
         self.job: RunningJob | None = None
+        self._pending: tuple[RetrainRequest, int] | None = None  # read, its job not started
+        self._retry_at = 0.0
         self.counts = {"requests": 0, "passed": 0, "rejected": 0, "failed": 0}
         self.last_error = ""
 
@@ -83,6 +88,7 @@ class RetrainJobs(BackgroundLoop):
         return {
             **self.counts,
             "running": self.job is not None,
+            "waiting": self._pending is not None,
             "watching": len(self.trigger.open) if self.trigger else 0,
             "last_error": self.last_error,
         }
@@ -111,6 +117,7 @@ class RetrainJobs(BackgroundLoop):
                 message = consumer.poll(0.5)
                 if message is not None and message.error() is None:
                     self._handle(consumer, message)
+                self._try_start(consumer)
                 self._check_job(consumer)
                 self._ask(consumer)
         finally:
@@ -137,10 +144,23 @@ class RetrainJobs(BackgroundLoop):
             self.trigger.observe_request(request)
         self.counts["requests"] += 1
         consumer.pause([TopicPartition(p.retrain_topic, 0)])
+        self._pending = (request, offset)
+        self._try_start(consumer)
+
+    def _try_start(self, consumer: Consumer) -> None:
+        """Start the pending request's job; while ClickHouse is away, try again later."""
+        if self._pending is None or time.monotonic() < self._retry_at:
+            return
+        request, offset = self._pending
         try:
             self.job = self._start(request, offset)
+        except SinkUnavailable as exc:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            log.warning("%s: retraining waits for ClickHouse: %s", self.pipeline.name, exc)
+            return
         except StreamError as exc:
             self._failed(consumer, request, offset, str(exc))
+        self._pending = None
 
     def _start(self, request: RetrainRequest, offset: int) -> RunningJob:
         p = self.pipeline
@@ -148,9 +168,11 @@ class RetrainJobs(BackgroundLoop):
         champion = state.serving[0].model
         until = datetime.now(UTC)
         since = until - timedelta(hours=p.retrain.lookback_hours)
+        reference = self._registry.manifest(champion.name, champion.version)
+        segments = p.quality.segments
         events = self._writer.submit(
             self._sink.run,
-            lambda c: read_training_events(c, self._registry, p, champion, since, until),
+            lambda c: read_labeled_events(c, p.name, reference, segments, since, until),
         ).result()
         folder = Path(tempfile.mkdtemp(prefix=f"retrain-{p.name}-"))
         offline.write_job(folder, p, champion, events)

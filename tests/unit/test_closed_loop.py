@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from stream.cli.closed_loop import parse_since
 from stream.deploy.commands import ChangeResult
 from stream.deploy.state import DeploymentState, initial_state
-from stream.errors import SettingsError
+from stream.errors import SettingsError, SinkUnavailable
 from stream.models.key import ModelKey
 from stream.models.manifest import OutputSpec
 from stream.models.runtime import Prediction
@@ -242,3 +243,69 @@ def test_an_alert_asks_for_retraining_once_after_its_windows_and_not_within_the_
     trigger.observe_alert(alert("firing", 40_000), 5)
     assert trigger.due(80_000) is None, "within the cooldown of a minute"
     assert trigger.due(91_000) is not None and trigger.due(200_000) is None
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause(self, _partitions: Any) -> None:
+        self.calls.append("pause")
+
+    def resume(self, _partitions: Any) -> None:
+        self.calls.append("resume")
+
+    def commit(self, **kwargs: Any) -> None:
+        self.calls.append(f"commit {kwargs['offsets'][0].offset}")
+
+
+class RequestMessage:
+    def __init__(self, topic: str, offset: int, record: dict[str, Any]) -> None:
+        self._topic, self._offset, self._value = topic, offset, json.dumps(record).encode()
+
+    def topic(self) -> str:
+        return self._topic
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class DownSink:
+    def run(self, work: Any) -> Any:
+        raise SinkUnavailable("ClickHouse did not run a query: connection refused")
+
+
+def test_a_retraining_request_waits_for_clickhouse_and_fails_once_on_a_missing_champion(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream.models.registry import ModelRegistry
+    from stream.retrain import runner
+
+    pipeline = PipelineConfig.model_validate({"name": "p", "model": {"name": "m", "version": "1"}})
+    monkeypatch.setattr(runner, "current_state", lambda *_: initial_state("p", V1))
+    request = {"pipeline": "p", "requested_by": "a@h", "reason": "why", "at": 1}
+    with ThreadPoolExecutor(1) as writer:
+        jobs = runner.RetrainJobs(
+            pipeline,
+            {},
+            Registry(),
+            DownSink(),
+            writer,
+            60.0,  # type: ignore[arg-type]
+        )
+        consumer = FakeConsumer()
+        jobs._handle(consumer, RequestMessage("p.retrain", 7, request))  # type: ignore[arg-type]
+        assert jobs.status()["waiting"] and consumer.calls == ["pause"], "kept, not committed"
+        assert jobs.counts["failed"] == 0
+
+        # The champion is not in this registry: a failure said once, the request done with.
+        jobs._registry = ModelRegistry(tmp_path)
+        jobs._retry_at = 0.0
+        jobs._try_start(consumer)  # type: ignore[arg-type]
+    assert jobs.counts["failed"] == 1 and "not in the registry" in jobs.last_error
+    assert consumer.calls == ["pause", "commit 8", "resume"] and not jobs.status()["waiting"]
