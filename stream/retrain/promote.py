@@ -100,10 +100,10 @@ def promote(
             failed = Evidence(
                 [Check("applied", False, f"workers {unanswered} did not apply {share:g}% in time")]
             )
-            _restore(
+            revision = _restore(
                 kafka_config, pipeline, before, registry, timeout, actor, "not applied", changed
             )
-            return refuse(step, failed, result.after.current.revision)
+            return refuse(step, failed, revision)
         if share >= 100:
             break
         started = datetime.now(UTC)
