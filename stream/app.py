@@ -6,6 +6,7 @@ Nothing here runs at import time; only the CLI calls ``create_app``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -68,6 +69,12 @@ class EngineService(Service):
     async def on_start(self) -> None:
         for loop in [*self.loggers, *self.jobs]:
             loop.start()
+        # A full collection walks every object the collector tracks, and the start-up's
+        # (faust, models, clients, about 190,000) live as long as the process: under load
+        # that stopped every thread for ~100 ms every few seconds, the p99 of end-to-end
+        # latency. Frozen, they stay out of all later collections (< 1 ms each).
+        gc.collect()
+        gc.freeze()
 
     async def on_stop(self) -> None:
         loop = asyncio.get_running_loop()
