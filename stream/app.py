@@ -192,7 +192,7 @@ def create_app(
         )
 
     metrics = metrics or WorkerMetrics()
-    metrics.watch(WorkerCollector(lambda: engines, monitors.values, loggers.values))
+    metrics.watch(WorkerCollector(lambda: engines, monitors.values, loggers.values, jobs.values))
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from stream.engine.scoring import ScoringEngine
     from stream.monitor.agent import MonitorAgent
     from stream.quality.logger import PredictionLogger
+    from stream.retrain.runner import RetrainJobs
 
 # Every eighth latency bound: 12 Prometheus buckets, each four times the one before.
 _LATENCY_PICK = np.arange(7, LATENCY_BOUNDS_MS.size, 8)
@@ -67,10 +68,12 @@ class WorkerCollector(Collector):
         engines: Callable[[], Iterable[ScoringEngine]],
         monitors: Callable[[], Iterable[MonitorAgent]],
         loggers: Callable[[], Iterable[PredictionLogger]],
+        jobs: Callable[[], Iterable[RetrainJobs]] = lambda: [],
     ) -> None:
         self._engines = engines
         self._monitors = monitors
         self._loggers = loggers
+        self._jobs = jobs
 
     def collect(self) -> Iterator[Any]:
         yield from self._engine_metrics()
@@ -180,7 +183,14 @@ class WorkerCollector(Collector):
             p = logger.pipeline.name
             logged.add_metric([p, "prediction_log"], float(logger.counts["predictions"]))
             logged.add_metric([p, "feedback"], float(logger.counts["labels"]))
-        yield from (windows, unwritten, alerts, open_alerts, logged)
+        retrainings = CounterMetricFamily(
+            "stream_retrain_jobs", "Retraining jobs this worker ran, by outcome "
+            "(passed or rejected by the gate, or failed)", labels=["pipeline", "outcome"],
+        )  # fmt: skip
+        for jobs in self._jobs():
+            for outcome in ("passed", "rejected", "failed"):
+                retrainings.add_metric([jobs.pipeline.name, outcome], float(jobs.counts[outcome]))
+        yield from (windows, unwritten, alerts, open_alerts, logged, retrainings)
 
 
 class WorkerMetrics:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.deploy.commands import current_state
 from stream.models.registry import ModelRegistry
@@ -221,6 +222,13 @@ def test_an_accuracy_alert_that_stays_open_retrains_in_the_worker(
     status = worker.wait_until(lambda s: finished(s) == 2, 120, "the requested retraining")
     assert retrain_status(status, pipeline)["passed"] == 2, retrain_status(status, pipeline)
     assert registry.manifest("payments-fraud", "3").validation is not None
+    jobs = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(worker.text("/metrics"))
+        for s in family.samples
+        if s.name == "stream_retrain_jobs_total"
+    }
+    assert jobs == {"passed": 2, "rejected": 0, "failed": 0}
     assert worker.stop() == 0
 
     (steps,) = harness.sql(
