@@ -27,6 +27,7 @@ from stream.models.key import ModelKey
 if TYPE_CHECKING:
     from stream.retrain.evidence import Evidence
     from stream.retrain.gate import GateResult
+    from stream.settings import PipelineConfig
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhd])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -89,7 +90,7 @@ def models_retrain(
     config = load_pipeline(pipeline_path(pipeline))
     kafka_config = settings.kafka_config()
     if request:
-        _request(kafka_config, config.name, reason)
+        _request(kafka_config, config, reason)
         return
     state = current_state(kafka_config, config).current
     incumbent = ModelKey.parse(champion) if champion else state.serving[0].model
@@ -127,7 +128,7 @@ def models_retrain(
         report_change(result, timeout)
 
 
-def _request(kafka_config: dict[str, Any], pipeline: str, reason: str) -> None:
+def _request(kafka_config: dict[str, Any], pipeline: PipelineConfig, reason: str) -> None:
     import time
 
     from stream.deploy.control import current_actor
@@ -135,10 +136,11 @@ def _request(kafka_config: dict[str, Any], pipeline: str, reason: str) -> None:
     from stream.retrain.trigger import RetrainRequest
 
     at = int(time.time() * 1000)
-    publish_request(kafka_config, RetrainRequest(pipeline, current_actor(), reason, "", at))
+    request = RetrainRequest(pipeline.name, current_actor(), reason, "", at)
+    publish_request(kafka_config, pipeline, request)
     console.print(
-        f"asked for a retraining on {pipeline}.retrain; a worker with STREAM_RETRAIN_JOBS=true "
-        "runs it (its status page and model_events tell the outcome)"
+        f"asked for a retraining on {pipeline.retrain_topic}; a worker with "
+        "STREAM_RETRAIN_JOBS=true runs it (its status page and model_events tell the outcome)"
     )
 
 

@@ -15,7 +15,13 @@ from stream.deploy.compare import VariantSummary, compare_variants
 from stream.models.key import ModelKey
 from stream.models.manifest import OutputSpec
 from stream.models.runtime import Prediction
-from stream.retrain.metrics import DIRECTION, Z95, aggregate, paired_gain, per_event, primary_metric
+from stream.retrain.metrics import (
+    aggregate,
+    paired_gain,
+    per_event,
+    primary_metric,
+    unpaired_gain,
+)
 from stream.settings import PipelineConfig
 
 
@@ -121,7 +127,7 @@ def step_evidence(
     b = per_event(
         metric, output, _prediction(theirs, "", output), theirs["actual"].to_numpy(object)
     )
-    mean, half = _unpaired_gain(metric, a, b)
+    mean, half = unpaired_gain(metric, a, b)
     checks.append(
         Check(
             "quality",
@@ -202,9 +208,3 @@ def _prediction(frame: pd.DataFrame, suffix: str, output: OutputSpec) -> Predict
         lookup = {label: i for i, label in enumerate(output.labels)}
         index = frame[f"predicted{suffix}"].map(lookup).fillna(-1).to_numpy(dtype=np.int64)
     return Prediction(index, score, np.ones(n), np.empty((n, 0)))
-
-
-def _unpaired_gain(metric: str, mine: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
-    mean = DIRECTION[metric] * (float(np.nanmean(mine)) - float(np.nanmean(theirs)))
-    se = math.sqrt(np.nanvar(mine, ddof=1) / mine.size + np.nanvar(theirs, ddof=1) / theirs.size)
-    return mean, Z95 * se

@@ -74,6 +74,15 @@ def paired_gain(metric: str, candidate: np.ndarray, champion: np.ndarray) -> tup
     return float(diff.mean()), Z95 * float(diff.std(ddof=1)) / math.sqrt(diff.size)
 
 
+def unpaired_gain(metric: str, candidate: np.ndarray, champion: np.ndarray) -> tuple[float, float]:
+    """The same for events each side scored on its own (an A/B split): difference of the
+    means and the half-width of its 95% interval (normal approximation)."""
+    mean = DIRECTION[metric] * (float(np.nanmean(candidate)) - float(np.nanmean(champion)))
+    variance = np.nanvar(candidate, ddof=1) / candidate.size
+    variance += np.nanvar(champion, ddof=1) / champion.size
+    return mean, Z95 * math.sqrt(variance)
+
+
 def _number(text: object) -> float:
     try:
         return float(str(text))

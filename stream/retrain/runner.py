@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 10.0
 
 
-def publish_request(kafka_config: dict[str, Any], request: RetrainRequest) -> None:
-    publish(kafka_config, f"{request.pipeline}.retrain", request.pipeline, request.record())
+def publish_request(
+    kafka_config: dict[str, Any], pipeline: PipelineConfig, request: RetrainRequest
+) -> None:
+    publish(kafka_config, pipeline.retrain_topic, pipeline.name, request.record())
 
 
 @dataclass
@@ -228,7 +230,7 @@ class RetrainJobs(BackgroundLoop):
         request = self.trigger.due(int(time.time() * 1000))
         if request is not None:
             log.warning("%s: asking for a retraining: %s", self.pipeline.name, request.reason)
-            publish_request(self._kafka_config, request)
+            publish_request(self._kafka_config, self.pipeline, request)
 
 
 def _request(message: Message) -> RetrainRequest | None:
