@@ -5,7 +5,9 @@ record batches the engine writes, see ``stream.quality.logbatch``) and
 ``{p}.feedback`` (labels); it writes ``prediction_log`` and ``feedback`` and
 commits its offsets only after ClickHouse took the rows (at-least-once; a row
 written twice replaces itself). The scoring engine never waits for it: when
-ClickHouse is away the logger falls behind and catches up from Kafka.
+ClickHouse is away the logger holds the one batch it has, pauses its
+partitions (the rest waits in Kafka, not in memory) and catches up from
+Kafka when ClickHouse is back.
 
 Why not a faust table joining labels with predictions: a table holding every
 prediction writes one changelog record per event and would hold the pipeline
@@ -66,6 +68,7 @@ class PredictionLogger(BackgroundLoop):
         self.topics = [pipeline.log_topic, pipeline.feedback_topic]
         self.counts = {"predictions": 0, "labels": 0, "bad_labels": 0, "bad_batches": 0}
         self._owned: set[tuple[str, int]] = set()
+        self._held = False  # partitions paused while ClickHouse is away
 
     def _loop(self) -> None:
         # Log messages are large (up to 1,000 rows): a small prefetch.
@@ -84,7 +87,7 @@ class PredictionLogger(BackgroundLoop):
                 if not records:
                     continue
                 log_stream, rows, labels = self._read(records)
-                if not self._write(log_stream, rows, labels):
+                if not self._write(consumer, log_stream, rows, labels):
                     return  # stopping while ClickHouse was away: nothing committed
                 self._dead.acknowledge()
                 self._commit(consumer, records)
@@ -150,8 +153,15 @@ class PredictionLogger(BackgroundLoop):
             self.counts["bad_labels"] += 1
             return []
 
-    def _write(self, log_stream: bytes | None, rows: int, labels: list[list[Any]]) -> bool:
-        """Insert the log and the labels, waiting out ClickHouse outages; False when stopping."""
+    def _write(
+        self, consumer: Consumer, log_stream: bytes | None, rows: int, labels: list[list[Any]]
+    ) -> bool:
+        """Insert the log and the labels, waiting out ClickHouse outages; False when stopping.
+
+        While ClickHouse is away the consumer's partitions are paused, which
+        drops what it fetched ahead and fetches nothing more, and the consumer
+        is still polled, so the group keeps this member however long the wait.
+        """
         work: list[Callable[[], None]] = []
         if log_stream is not None:
             work.append(
@@ -169,8 +179,20 @@ class PredictionLogger(BackgroundLoop):
                 except SinkUnavailable:
                     if self.stopping:
                         return False
+                    if not self._held:
+                        self._held = True
+                        consumer.pause(consumer.assignment())
                     self.beat()  # waiting for ClickHouse is progress of a kind: not a hang
-                    time.sleep(min(max(self.sink.wait_seconds(), 0.1), 1.0))
+                    wait = min(max(self.sink.wait_seconds(), 0.1), 1.0)
+                    stray: list[Any] = consumer.consume(1, wait)
+                    for m in stray:
+                        if usable(m, self.name):  # not expected: paused partitions deliver nothing
+                            back = TopicPartition(m.topic(), m.partition(), m.offset())
+                            consumer.pause([back])
+                            consumer.seek(back)  # read again after the wait, not lost
+        if self._held:
+            self._held = False
+            consumer.resume(consumer.assignment())
         return True
 
     def _commit(self, consumer: Consumer, records: list[Any]) -> None:
@@ -189,10 +211,13 @@ class PredictionLogger(BackgroundLoop):
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._owned = {(p.topic, p.partition) for p in partitions}
+        if self._held:  # assigned while ClickHouse is away: paused from the start
+            consumer.assign(partitions)
+            consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._owned.discard((tp.topic, tp.partition))
 
     def status(self) -> dict[str, Any]:
-        return {**self.counts, "topics": self.topics}
+        return {**self.counts, "topics": self.topics, "paused": self._held}
