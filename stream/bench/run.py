@@ -278,7 +278,12 @@ def _latency_run(
         rss_end = worker.memory_mib()["rss"]
     finally:
         worker.stop()
-    out = read_to_end(kafka_config, [pipeline.events_topic, pipeline.predictions_topic])
+    # Every event and every prediction: minutes of them at a high rate take a while.
+    out = read_to_end(
+        kafka_config,
+        [pipeline.events_topic, pipeline.predictions_topic],
+        timeout=max(60.0, sent.produced / 10_000),
+    )
     sent_at = {m.key(): m.timestamp()[1] for m in out[pipeline.events_topic]}
     latency = np.array(
         [m.timestamp()[1] - sent_at[m.key()] for m in out[pipeline.predictions_topic]],

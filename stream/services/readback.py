@@ -10,6 +10,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from stream.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 
@@ -84,7 +86,8 @@ def read_to_end(
 
     Done when the consumer's position reaches each end offset: with
     read_committed, aborted records and transaction markers are skipped, not
-    read, so the last record read can lie before the end.
+    read, so the last record read can lie before the end. Not done within
+    ``timeout`` seconds: ServiceError (a part is never returned as the whole).
     """
     ends = {t: end_offsets(kafka_config, t) for t in topics}
     consumer = _consumer(kafka_config)
@@ -104,6 +107,9 @@ def read_to_end(
             for tp in positions:
                 if tp.offset >= want[(tp.topic, tp.partition)]:
                     del want[(tp.topic, tp.partition)]
+        if want:
+            behind = ", ".join(f"{t}[{p}]" for t, p in sorted(want))
+            raise ServiceError(f"could not read {behind} to the end within {timeout:.0f}s")
         return out
     finally:
         consumer.close()
