@@ -85,12 +85,11 @@ class Engine:
         self.lock = threading.Lock()
 
     def run(
-        self, sql: bytes, params: dict[str, str], settings: dict[str, str]
+        self, sql: bytes, database: str, params: dict[str, str], settings: dict[str, str]
     ) -> tuple[bytes, str]:
-        database = params.pop("database", "")
         with self.lock:
-            if database:
-                self.conn.query(f"USE `{database}`")
+            # Each request in its own database, as a server's: the connection keeps the last.
+            self.conn.query(f"USE `{database or 'default'}`")
             applied = [k for k in settings if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
             try:
                 for key in applied:
@@ -168,13 +167,11 @@ class Handler(BaseHTTPRequestHandler):
         settings = {
             k: v for k, v in query.items() if k not in TRANSPORT and not k.startswith("param_")
         }
-        if query.get("database"):
-            params["database"] = query["database"]
         # As ClickHouse does: the query is the URL's query followed by the body.
         head = query.get("query", "").encode()
         sql = head + (b"\n" if head and body else b"") + body
         try:
-            out, fmt = self.server.engine.run(sql, params, settings)
+            out, fmt = self.server.engine.run(sql, query.get("database", ""), params, settings)
         except Exception as exc:
             message = str(exc).strip()
             code = ERROR_CODE.search(message)
