@@ -210,6 +210,8 @@ class Router:
             (w.model, "champion" if i == 0 else "challenger")
             for i, w in enumerate(snapshot.serving)
         ]
+        # Every event to one version, whatever its key or fields: nothing to decide per event.
+        self.only = self.targets[0] if not self.rules and len(self.targets) == 1 else None
 
     def route(self, key: bytes, record: dict[str, Any]) -> tuple[ModelKey, str]:
         for field, value, model, variant in self.rules:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 import numpy as np
 
@@ -15,6 +17,9 @@ MAX_EVENT_ID_LENGTH = 256
 # Models take float32 input: a larger number would reach the model as infinity.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MISSING = object()
+_NONE = type(None)
+_TIME_TYPES = {int, _NONE}
+_NUMBER_TYPES = {float, int, _NONE}
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,23 @@ class EventRow:
     event_id: str
     event_time_ms: int | None
     values: list[float]  # raw feature values; NaN where the input was null
+
+
+@dataclass
+class FeatureRows:
+    """The events of a group that passed validation, in their order, as columns."""
+
+    accepted: list[int]  # each row's position in the group
+    event_ids: list[str]
+    event_times: list[int | None]
+    raw: np.ndarray  # (rows, features) float64, NaN where the input was null
+    rejected: list[tuple[int, ValidationError]]
+
+    def take(self, i: int) -> FeatureRows:
+        """Accepted row ``i`` alone."""
+        return FeatureRows(
+            [self.accepted[i]], [self.event_ids[i]], [self.event_times[i]], self.raw[i : i + 1], []
+        )
 
 
 class FeatureBuilder:
@@ -50,6 +72,108 @@ class FeatureBuilder:
             for j, f in enumerate(manifest.features)
         ]
         self.fill = np.asarray([f.fill for f in manifest.features], dtype=np.float64)
+        names = [f.name for f in manifest.features]
+        # The bulk path reads every feature of a record in one C-level call.
+        self._values: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
+        if len(names) == 1:
+            self._values = lambda record: (record[names[0]],)
+        elif names:
+            self._values = itemgetter(*names)
+        self._nullable = [f.nullable for f in manifest.features]
+        self._categorical = [j for j, *_, categories in self._plan if categories is not None]
+
+    def rows(self, records: Sequence[dict[str, Any]]) -> FeatureRows:
+        """``row`` of every record, with the same outcome, the common case in bulk.
+
+        A batch of plain values (non-empty string ids, epoch integers for
+        times, in-range numbers, known categories, nulls where allowed) is
+        checked and converted a column at a time in C; a batch with anything
+        else goes through ``row`` one record at a time, which gives each
+        rejected record its reason.
+        """
+        if records:
+            bulk = self._bulk(records)
+            if bulk is not None:
+                return bulk
+        accepted: list[int] = []
+        event_ids: list[str] = []
+        event_times: list[int | None] = []
+        values: list[list[float]] = []
+        rejected: list[tuple[int, ValidationError]] = []
+        for i, record in enumerate(records):
+            try:
+                row = self.row(record)
+            except ValidationError as exc:
+                rejected.append((i, exc))
+                continue
+            accepted.append(i)
+            event_ids.append(row.event_id)
+            event_times.append(row.event_time_ms)
+            values.append(row.values)
+        raw = np.asarray(values, dtype=np.float64).reshape(len(values), len(self._plan))
+        return FeatureRows(accepted, event_ids, event_times, raw, rejected)
+
+    def _bulk(self, records: Sequence[dict[str, Any]]) -> FeatureRows | None:
+        """The rows when every value of the batch is a plain one; None for the careful path."""
+        if self._values is None:
+            return None
+        found = [r.get(self.event_id_field) for r in records]
+        if set(map(type, found)) != {str}:
+            return None
+        event_ids = cast(list[str], found)
+        lengths = list(map(len, event_ids))
+        if min(lengths) == 0 or max(lengths) > MAX_EVENT_ID_LENGTH:
+            return None
+        event_times: list[Any] = [None] * len(records)
+        if self.event_time_field is not None:
+            event_times = [r.get(self.event_time_field) for r in records]
+            kinds = set(map(type, event_times))
+            if not kinds <= _TIME_TYPES:
+                return None
+            if int in kinds and min(t for t in event_times if t is not None) < 0:
+                return None
+        try:
+            columns = list(zip(*map(self._values, records), strict=True))
+        except KeyError:
+            return None  # a feature is missing: the careful path names it
+        converted: list[Sequence[Any]] = []
+        nulls: list[tuple[int, list[bool]]] = []
+        for j, column in enumerate(columns):
+            categories = self._plan[j][3]
+            if categories is None:
+                kinds = set(map(type, column))
+                if not kinds <= _NUMBER_TYPES:
+                    return None
+                if _NONE in kinds:
+                    if not self._nullable[j]:
+                        return None
+                    nulls.append((j, [v is None for v in column]))
+                    converted.append([math.nan if v is None else v for v in column])
+                else:
+                    converted.append(column)
+                continue
+            try:
+                codes = list(map(categories.get, column))
+            except TypeError:  # not hashable: certainly not a category
+                return None
+            if None in codes:
+                if not self._nullable[j]:
+                    return None
+                if any(c is None and v is not None for c, v in zip(codes, column, strict=True)):
+                    return None  # an unknown category, not a null
+                codes = [math.nan if c is None else c for c in codes]
+            converted.append(codes)
+        try:
+            raw = np.ascontiguousarray(np.array(converted, dtype=np.float64).T)
+        except OverflowError:
+            return None
+        within = np.abs(raw) <= FLOAT32_MAX  # false for NaN and infinity too
+        within[:, self._categorical] = True  # codes or NaN for a null, checked above
+        for j, mask in nulls:
+            within[:, j] |= mask
+        if not within.all():
+            return None
+        return FeatureRows(list(range(len(records))), event_ids, event_times, raw, [])
 
     def row(self, record: dict[str, Any]) -> EventRow:
         event_id = record.get(self.event_id_field)
@@ -120,5 +244,8 @@ class FeatureBuilder:
     def matrix(self, rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
         """(raw values with NaN for nulls, float32 model input with nulls filled)."""
         raw = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self._plan))
-        model_input = np.where(np.isnan(raw), self.fill, raw).astype(np.float32)
-        return raw, model_input
+        return raw, self.model_input(raw)
+
+    def model_input(self, raw: np.ndarray) -> np.ndarray:
+        """The model's float32 input: ``raw`` with nulls filled."""
+        return np.where(np.isnan(raw), self.fill, raw).astype(np.float32)

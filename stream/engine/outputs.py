@@ -56,6 +56,17 @@ class OutputWriter:
                 self._producer.poll(0.05)
         self.produced += 1
 
+    def produce_all(self, topic: str, values: list[bytes], keys: list[bytes | None]) -> None:
+        """``produce`` each value with its key, in order."""
+        send, callback = self._send, self._callback
+        for value, key in zip(values, keys, strict=True):
+            try:
+                send(topic, value, key, on_delivery=callback)
+            except BufferError:
+                self.produce(topic, value, key)
+                self.produced -= 1  # counted below with the others
+        self.produced += len(values)
+
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             with self._lock:

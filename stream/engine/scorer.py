@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from stream.engine.batching import Record
-from stream.engine.features import EventRow
+from stream.engine.features import FeatureRows
 from stream.engine.outputs import OutputWriter, dead_letter_headers
 from stream.engine.partials import PartialAccumulator
 from stream.engine.runtime import Runtime, ServingModel
@@ -144,17 +144,23 @@ class BatchScorer:
         runtime = self.runtime
         groups: dict[ModelKey, list[Routed]] = {}
         decoded: list[tuple[Record, dict[str, Any]]] = []
-        id_field = self.pipeline.input.event_id_field
         for record in records:
             try:
-                event = self._decode(record)
+                decoded.append((record, self._decode(record)))
             except EventError as exc:
                 self.dead_letter(record, exc)
-                continue
-            key = record.key() or str(event.get(id_field, "")).encode()
-            model, variant = runtime.router.route(key, event)
-            groups.setdefault(model, []).append((record, event, variant))
-            decoded.append((record, event))
+        only = runtime.router.only
+        if only is not None:
+            if decoded:
+                model, variant = only
+                groups[model] = [(record, event, variant) for record, event in decoded]
+        else:
+            id_field = self.pipeline.input.event_id_field
+            route = runtime.router.route
+            for record, event in decoded:
+                key = record.key() or str(event.get(id_field, "")).encode()
+                model, variant = route(key, event)
+                groups.setdefault(model, []).append((record, event, variant))
         self.counters.consumed += len(records)
         self.counters.batches += 1
         for model, routed in groups.items():
@@ -200,43 +206,44 @@ class BatchScorer:
     def _score_group(
         self, runtime: Runtime, serving: ServingModel, routed: list[Routed], shadow: bool
     ) -> None:
-        accepted: list[tuple[Routed, EventRow]] = []
-        for item in routed:
-            try:
-                accepted.append((item, serving.features.row(item[1])))
-            except ValidationError as exc:
-                if not shadow:  # a shadow skips what it cannot read; the event was scored
-                    exc.ctx = _context(item[0])
-                    self.dead_letter(item[0], exc)
-                    if isinstance(exc, UnknownCategory):
-                        stats = self.accumulator(serving).window(int(self._clock() * 1000))
-                        stats.unseen[exc.feature] += 1
-        if not accepted:
+        rows = serving.features.rows([event for _, event, _ in routed])
+        if rows.rejected:
+            for i, exc in rows.rejected:
+                if shadow:  # a shadow skips what it cannot read; the event was scored
+                    continue
+                record = routed[i][0]
+                exc.ctx = _context(record)
+                self.dead_letter(record, exc)
+                if isinstance(exc, UnknownCategory):
+                    stats = self.accumulator(serving).window(int(self._clock() * 1000))
+                    stats.unseen[exc.feature] += 1
+            routed = [routed[i] for i in rows.accepted]
+        if not routed:
             return
-        raw, model_input = serving.features.matrix([row.values for _, row in accepted])
+        model_input = serving.features.model_input(rows.raw)
         started = time.perf_counter()
         try:
             prediction = serving.model.predict(model_input)
         except Exception as exc:
-            log.warning("model %s failed on a batch of %d: %r", serving.key, len(accepted), exc)
-            self._score_one_by_one(runtime, serving, accepted, raw, model_input, shadow)
+            log.warning("model %s failed on a batch of %d: %r", serving.key, len(routed), exc)
+            self._score_one_by_one(runtime, serving, routed, rows, model_input, shadow)
             return
-        inference_ms = (time.perf_counter() - started) * 1000.0 / len(accepted)
-        self._emit(serving, accepted, raw, prediction, inference_ms, shadow)
+        inference_ms = (time.perf_counter() - started) * 1000.0 / len(routed)
+        self._emit(serving, routed, rows, prediction, inference_ms, shadow)
 
     def _score_one_by_one(
         self,
         runtime: Runtime,
         serving: ServingModel,
-        accepted: list[tuple[Routed, EventRow]],
-        raw: np.ndarray,
+        routed: list[Routed],
+        rows: FeatureRows,
         model_input: np.ndarray,
         shadow: bool,
     ) -> None:
         """After a failed batch: score one by one; failures go to the fallback or dead letter."""
         failed: list[Routed] = []
         errors: list[str] = []
-        for i, (item, row) in enumerate(accepted):
+        for i, item in enumerate(routed):
             started = time.perf_counter()
             try:
                 prediction = serving.model.predict(model_input[i : i + 1])
@@ -245,14 +252,14 @@ class BatchScorer:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             inference_ms = (time.perf_counter() - started) * 1000.0
-            self._emit(serving, [(item, row)], raw[i : i + 1], prediction, inference_ms, shadow)
+            self._emit(serving, [item], rows.take(i), prediction, inference_ms, shadow)
         if shadow or not failed:
             return
         fallback = runtime.snapshot.fallback
         if fallback is not None and fallback != serving.key:
             self.counters.fallbacks += len(failed)
-            routed = [(record, event, "fallback") for record, event, _ in failed]
-            self._score_group(runtime, runtime.models[fallback], routed, shadow=False)
+            again = [(record, event, "fallback") for record, event, _ in failed]
+            self._score_group(runtime, runtime.models[fallback], again, shadow=False)
             return
         for (record, _, _), message in zip(failed, errors, strict=True):
             error = ModelError(message, _context(record), serving.key.name, serving.key.version)
@@ -261,68 +268,86 @@ class BatchScorer:
     def _emit(
         self,
         serving: ServingModel,
-        accepted: list[tuple[Routed, EventRow]],
-        raw: np.ndarray,
+        routed: list[Routed],
+        rows: FeatureRows,
         prediction: Prediction,
         inference_ms: float,
         shadow: bool,
     ) -> None:
+        """Predictions and review items; row i of ``rows`` is the event of ``routed[i]``."""
         manifest = serving.model.manifest
         labels = manifest.output.labels
         now_ms = int(self._clock() * 1000)
         threshold = self.pipeline.review_threshold
         topic = self.pipeline.shadow_topic if shadow else self.pipeline.predictions_topic
-        latencies = np.empty(len(accepted), dtype=np.float64)
-        event_times = np.empty(len(accepted), dtype=np.int64)
-        out_labels: list[str] = []
-        reviews = 0
+        records = [record for record, _, _ in routed]
+        variants = [variant for _, _, variant in routed]
+        keys = [record.key() for record in records]
+        times = rows.event_times
+        if None in times:  # no event time in the event: the record's timestamp
+            times = [
+                r.timestamp()[1] if t is None else t for r, t in zip(records, times, strict=True)
+            ]
+        event_times = np.array(times, dtype=np.int64)
+        latencies = np.maximum(now_ms - event_times, 0).astype(np.float64)
         # Whole columns to Python once per batch, not one numpy scalar at a time.
         label_indexes = prediction.label_index.tolist()
         scores = prediction.score.tolist()
         confidences = prediction.confidence.tolist()
         probabilities = prediction.probabilities.tolist()
-        serialize, produce = self.serdes.predictions.serialize, self.writer.produce
-        for i, ((record, _, variant), row) in enumerate(accepted):
-            key = record.key()
-            event_time = row.event_time_ms
-            if event_time is None:
-                event_time = record.timestamp()[1]
-            latency_ms = float(max(now_ms - event_time, 0))
-            latencies[i] = latency_ms
-            event_times[i] = event_time
-            label_index = label_indexes[i]
-            score = scores[i]
-            confidence = confidences[i]
-            label = labels[label_index] if label_index >= 0 else repr(score)
-            out_labels.append(label)
+        out_labels = [
+            labels[index] if index >= 0 else repr(score)
+            for index, score in zip(label_indexes, scores, strict=True)
+        ]
+        serialize, ctx = self.serdes.predictions.serialize, self._pred_ctx
+        pipeline, name, version = self.pipeline.name, manifest.name, manifest.version
+        values: list[bytes] = []
+        reviews = 0
+        columns = zip(
+            records, rows.event_ids, keys, variants, out_labels, scores, probabilities,
+            confidences, times, latencies.tolist(), strict=True,
+        )  # fmt: skip
+        for (
+            record,
+            event_id,
+            key,
+            variant,
+            label,
+            score,
+            p,
+            confidence,
+            event_time,
+            latency,
+        ) in columns:
             out = {
-                "event_id": row.event_id,
+                "event_id": event_id,
                 "key": key,
-                "pipeline": self.pipeline.name,
-                "model_name": manifest.name,
-                "model_version": manifest.version,
+                "pipeline": pipeline,
+                "model_name": name,
+                "model_version": version,
                 "variant": variant,
                 "label": label,
                 "score": score,
-                "probabilities": probabilities[i],
+                "probabilities": p,
                 "confidence": confidence,
                 "event_time": event_time,
                 "scored_time": now_ms,
-                "latency_ms": latency_ms,
+                "latency_ms": latency,
                 "inference_ms": inference_ms,
             }
-            produce(topic, serialize(out, self._pred_ctx), key=key)
+            values.append(serialize(out, ctx))
             if not shadow and confidence < threshold:
                 reviews += 1
                 self._review(record, out, threshold)
-        self._scored[serving.key] = self._scored.get(serving.key, 0) + len(accepted)
+        self.writer.produce_all(topic, values, keys)
+        self._scored[serving.key] = self._scored.get(serving.key, 0) + len(routed)
         if self.log.enabled:
             self.log.add(
                 manifest.name,
                 manifest.version,
-                [record.key() for (record, _, _), _ in accepted],
-                [row.event_id for _, row in accepted],
-                [variant for (_, _, variant), _ in accepted],
+                keys,
+                rows.event_ids,
+                variants,
                 out_labels,
                 prediction.score,
                 prediction.confidence,
@@ -330,13 +355,13 @@ class BatchScorer:
                 now_ms,
                 latencies,
                 manifest.feature_names,
-                raw,
-                [event for (_, event, _), _ in accepted],
+                rows.raw,
+                [event for _, event, _ in routed],
             )
         acc = self.accumulator(serving)
         acc.layout.fold(
             acc.window(now_ms),
-            raw,
+            rows.raw,
             latencies,
             inference_ms,
             prediction.label_index,
@@ -345,9 +370,9 @@ class BatchScorer:
             reviews,
         )
         if shadow:
-            self.counters.shadow_predictions += len(accepted)
+            self.counters.shadow_predictions += len(routed)
             return
-        self.counters.predictions += len(accepted)
+        self.counters.predictions += len(routed)
         self.counters.reviews += reviews
         self.counters.last_scored_ms = now_ms
 
