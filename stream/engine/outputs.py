@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import Any, Protocol
 
+from confluent_kafka import Producer
+
 from stream.engine.batching import Record
 from stream.errors import DeliveryError, EventError, ModelError
 
@@ -31,14 +33,34 @@ class OutputWriter:
     call was not acknowledged; offsets must not be committed after that.
     """
 
-    def __init__(self, producer: KafkaProducer, flush_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        flush_timeout_s: float = 30.0,
+        callback_per_output: bool = True,
+    ) -> None:
         self._producer = producer
         self._flush_timeout_s = flush_timeout_s
         self._lock = threading.Lock()
         self._failures: list[str] = []
         self.produced = 0
         self._send = producer.produce  # looked up once: produce() runs once per output
-        self._callback = self._on_delivery
+        self._callback = self._on_delivery if callback_per_output else None
+
+    @classmethod
+    def create(
+        cls, config: dict[str, Any], flush_timeout_s: float = 30.0
+    ) -> tuple[OutputWriter, Producer]:
+        """A producer whose default delivery callback is the writer's, and the writer.
+
+        Outputs then pass no callback of their own, which makes each produce call cheaper.
+        """
+        writers: list[OutputWriter] = []
+        producer = Producer(
+            {**config, "on_delivery": lambda err, msg: writers[0]._on_delivery(err, msg)}
+        )
+        writers.append(cls(producer, flush_timeout_s, callback_per_output=False))
+        return writers[0], producer
 
     def produce(
         self,
@@ -49,7 +71,10 @@ class OutputWriter:
     ) -> None:
         while True:
             try:
-                self._send(topic, value, key, headers=headers, on_delivery=self._callback)
+                if self._callback is None:
+                    self._send(topic, value, key, headers=headers)
+                else:
+                    self._send(topic, value, key, headers=headers, on_delivery=self._callback)
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports until there is room.
@@ -61,7 +86,10 @@ class OutputWriter:
         send, callback = self._send, self._callback
         for value, key in zip(values, keys, strict=True):
             try:
-                send(topic, value, key, on_delivery=callback)
+                if callback is None:
+                    send(topic, value, key)
+                else:
+                    send(topic, value, key, on_delivery=callback)
             except BufferError:
                 self.produce(topic, value, key)
                 self.produced -= 1  # counted below with the others

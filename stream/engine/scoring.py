@@ -93,8 +93,7 @@ class ScoringEngine(BackgroundLoop):
             self._partials = OutputWriter(
                 Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 5})
             )
-        self._producer = Producer(producer_config)
-        self.writer = OutputWriter(self._producer)
+        self.writer, self._producer = OutputWriter.create(producer_config)
         if not self.transactional:
             self._partials = self.writer
         self.scorer = BatchScorer(pipeline, runtime, serdes, self.writer, self.worker_id)

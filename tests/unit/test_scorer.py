@@ -242,6 +242,22 @@ def test_unacknowledged_outputs_block_the_commit() -> None:
     writer.acknowledge()
 
 
+def test_a_created_writer_hears_of_failures_without_a_callback_per_output() -> None:
+    # No broker there: the message times out, which librdkafka reports to the default callback.
+    config = {
+        "bootstrap.servers": "127.0.0.1:9",
+        "message.timeout.ms": 200,
+        "delivery.report.only.error": True,
+        "log_level": 0,
+    }
+    writer, producer = OutputWriter.create(config, flush_timeout_s=10)
+    writer.produce_all("payments.predictions", [b"x", b"y"], [b"1", None])
+    assert writer.produced == 2
+    with pytest.raises(DeliveryError, match=r"payments\.predictions: .*timed out"):
+        writer.acknowledge()
+    assert len(producer) == 0
+
+
 def test_partials_drain_with_heartbeat(runtime: Runtime) -> None:
     scorer, _ = make_scorer(runtime)
     recs, _ = records(50)
