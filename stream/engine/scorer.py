@@ -144,10 +144,20 @@ class BatchScorer:
         runtime = self.runtime
         groups: dict[ModelKey, list[Routed]] = {}
         decoded: list[tuple[Record, dict[str, Any]]] = []
+        deserialize, ctx = self.serdes.events.deserialize, self._events_ctx
+        limit = self.pipeline.input.max_event_bytes
         for record in records:
+            value = record.value()
             try:
-                decoded.append((record, self._decode(record)))
+                if not value:
+                    raise ValueDecodeError("empty payload")
+                if len(value) > limit:
+                    raise ValidationError(
+                        f"payload of {len(value)} bytes exceeds input.max_event_bytes={limit}"
+                    )
+                decoded.append((record, deserialize(value, ctx)))
             except EventError as exc:
+                exc.ctx = _context(record)
                 self.dead_letter(record, exc)
         only = runtime.router.only
         if only is not None:
@@ -187,21 +197,6 @@ class BatchScorer:
             serving = runtime.models.get(key)
             if serving is not None:
                 self.accumulator(serving).window(now_ms).cpu_seconds += spent * n / total
-
-    def _decode(self, record: Record) -> dict[str, Any]:
-        value = record.value()
-        try:
-            if not value:
-                raise ValueDecodeError("empty payload")
-            limit = self.pipeline.input.max_event_bytes
-            if len(value) > limit:
-                raise ValidationError(
-                    f"payload of {len(value)} bytes exceeds input.max_event_bytes={limit}"
-                )
-            return self.serdes.events.deserialize(value, self._events_ctx)
-        except EventError as exc:
-            exc.ctx = _context(record)
-            raise
 
     def _score_group(
         self, runtime: Runtime, serving: ServingModel, routed: list[Routed], shadow: bool
