@@ -41,6 +41,10 @@ TITLES = {
 }
 
 
+# A CPU figure over fewer events than this says more about start-up than about scoring.
+MIN_CPU_EVENTS = 1000
+
+
 @dataclass(frozen=True)
 class RunResult:
     events: int
@@ -57,16 +61,17 @@ class RunResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
     @property
-    def cpu_per_1k(self) -> float:
+    def cpu_per_1k(self) -> float | None:
+        """CPU seconds per 1,000 events; None when too few events were timed to say."""
         events = self.events if self.cpu_events is None else self.cpu_events
-        return self.cpu_seconds / events * 1000 if events else 0.0
+        return self.cpu_seconds / events * 1000 if events >= MIN_CPU_EVENTS else None
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return {
             "events": self.events,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s, 1),
-            "cpu_s_per_1k": round(self.cpu_per_1k, 4),
+            "cpu_s_per_1k": None if self.cpu_per_1k is None else round(self.cpu_per_1k, 4),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             **({} if self.log_behind_s is None else {"log_behind_s": round(self.log_behind_s, 2)}),
         }

@@ -71,6 +71,11 @@ class EngineResults:
     def median(self, attribute: str) -> float:
         return float(statistics.median(getattr(r, attribute) for r in self.runs))
 
+    def median_cpu(self) -> float | None:
+        """Median CPU seconds per 1,000 events of the runs that could time enough events."""
+        known = [r.cpu_per_1k for r in self.runs if r.cpu_per_1k is not None]
+        return float(statistics.median(known)) if known else None
+
     def spread(self, attribute: str) -> tuple[float, float]:
         values = [float(getattr(r, attribute)) for r in self.runs]
         return min(values), max(values)
@@ -213,7 +218,7 @@ def _throughput(
             behind = result.log_behind_s
             console.print(
                 f"run {run + 1}/{options.runs} {engine:<14} {result.events_per_s:>10,.0f} events/s"
-                f"  {result.cpu_per_1k:.3f} CPU s/1k  {result.peak_rss_mib:.0f} MiB"
+                f"  {_cpu(result.cpu_per_1k)} CPU s/1k  {result.peak_rss_mib:.0f} MiB"
                 + ("" if behind is None else f"  prediction log {behind:.1f}s behind at the end")
             )
     return results
@@ -389,7 +394,7 @@ def _report(
                 "events_per_s": round(rate, 1),
                 "events_per_s_min": round(low, 1),
                 "events_per_s_max": round(high, 1),
-                "cpu_s_per_1k": round(outcome.median("cpu_per_1k"), 4),
+                "cpu_s_per_1k": None if (cpu := outcome.median_cpu()) is None else round(cpu, 4),
                 "peak_rss_mib": round(outcome.median("peak_rss_mib"), 1),
             }
             entry["ratio_to_bare"] = round(rate / bare_rate, 3) if bare_rate else None
@@ -407,6 +412,10 @@ def _report(
     }  # fmt: skip
 
 
+def _cpu(per_1k: float | None) -> str:
+    return "n/a" if per_1k is None else f"{per_1k:.3f}"
+
+
 def _print(report: dict[str, Any], console: Console) -> None:
     table = Table(title="throughput: median of the runs (min-max)")
     for column in ("engine", "events/s", "x bare", "CPU s / 1k events", "peak RSS MiB"):
@@ -422,7 +431,7 @@ def _print(report: dict[str, Any], console: Console) -> None:
             f"{median['events_per_s']:,.0f} ({median['events_per_s_min']:,.0f}-"
             f"{median['events_per_s_max']:,.0f})",
             "" if ratio is None else f"{ratio:.2f}",
-            f"{median['cpu_s_per_1k']:.3f}",
+            _cpu(median["cpu_s_per_1k"]),
             f"{median['peak_rss_mib']:.0f}",
         )
     console.print(table)

@@ -38,6 +38,7 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
         assert "error" not in entry, entry.get("error")
         (run,) = entry["runs"]
         assert run["events"] > 0 and run["events_per_s"] > 0, engine
+        assert run["cpu_s_per_1k"] is None or run["cpu_s_per_1k"] > 0, engine
         assert entry["ratio_to_bare"] > 0
     assert report["engines"]["bare"]["ratio_to_bare"] == 1.0
     (latency,) = report["latency"]
