@@ -150,7 +150,8 @@ class InputSpec(_Frozen):
     event_id_field: str = Field("event_id", description="Field holding the event's unique id")
     event_time_field: str | None = Field(
         "event_time",
-        description="Field holding the event time (epoch ms); the Kafka timestamp when unset",
+        description="Field holding the event time (epoch ms, up to the year 2299; later or negative"
+        " times are dead letters); the Kafka timestamp when unset",
     )
     max_event_bytes: int = Field(
         64 * 1024, gt=0, description="Larger events are dead letters (reason invalid)"

@@ -16,6 +16,9 @@ from stream.models.manifest import ModelManifest
 MAX_EVENT_ID_LENGTH = 256
 # Models take float32 input: a larger number would reach the model as infinity.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The last millisecond ClickHouse's DateTime64(3) holds (2299-12-31 23:59:59.999 UTC):
+# event times go to ClickHouse with the predictions.
+MAX_EVENT_TIME_MS = 10_413_791_999_999
 _MISSING = object()
 _NONE = type(None)
 _TIME_TYPES = {int, _NONE}
@@ -130,8 +133,10 @@ class FeatureBuilder:
             kinds = set(map(type, event_times))
             if not kinds <= _TIME_TYPES:
                 return None
-            if int in kinds and min(t for t in event_times if t is not None) < 0:
-                return None
+            if int in kinds:
+                known = [t for t in event_times if t is not None]
+                if min(known) < 0 or max(known) > MAX_EVENT_TIME_MS:
+                    return None
         try:
             columns = list(zip(*map(self._values, records), strict=True))
         except KeyError:
@@ -185,10 +190,14 @@ class FeatureBuilder:
         if self.event_time_field is not None:
             raw_time = record.get(self.event_time_field)
             if raw_time is not None:
-                if isinstance(raw_time, bool) or not isinstance(raw_time, int) or raw_time < 0:
+                if (
+                    isinstance(raw_time, bool)
+                    or not isinstance(raw_time, int)
+                    or not 0 <= raw_time <= MAX_EVENT_TIME_MS
+                ):
                     raise ValidationError(
-                        f"{self.event_time_field}: expected epoch milliseconds >= 0, "
-                        f"got {raw_time!r:.40}"
+                        f"{self.event_time_field}: expected epoch milliseconds from 0 to "
+                        f"{MAX_EVENT_TIME_MS} (year 2299), got {raw_time!r:.40}"
                     )
                 event_time = raw_time
         values: list[float] = []

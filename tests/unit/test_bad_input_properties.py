@@ -130,3 +130,13 @@ def test_numbers_at_the_edges(runtime: Runtime) -> None:
         for i, v in enumerate(values)
     ]
     one_outcome_each(runtime, JSON, recs)
+
+
+def test_event_times_at_the_edges(runtime: Runtime) -> None:
+    _, evs = records(1)
+    values = [0, 2**63 - 1, 2**63, 2**64, 10**30]
+    recs = [
+        FakeRecord(json.dumps({**evs[0], "event_time": v}).encode(), b"t%d" % i, _offset=i)
+        for i, v in enumerate(values)
+    ]
+    one_outcome_each(runtime, JSON, recs)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.demo.data import CATEGORIES, FEATURES, NUMERIC
-from stream.engine.features import FeatureBuilder
+from stream.engine.features import MAX_EVENT_TIME_MS, FeatureBuilder
 from stream.errors import ValidationError
 from stream.models.manifest import ModelManifest
 
@@ -74,6 +74,7 @@ def test_missing_event_time_is_allowed(builder: FeatureBuilder) -> None:
         ({"event_id": "x" * 300}, "event_id: longer than"),
         ({"event_time": -1}, "event_time: expected epoch milliseconds"),
         ({"event_time": "yesterday"}, "event_time: expected epoch milliseconds"),
+        ({"event_time": 2**63}, "event_time: expected epoch milliseconds from 0 to"),
     ],
 )
 def test_invalid_events_name_the_field(
@@ -96,7 +97,7 @@ ODD_VALUES: list[Any] = [
     [1.0], {"a": 1}, 3.5, -0.0, 3.4e38,
 ]  # fmt: skip
 IDS: list[Any] = ["e", "", None, 7, "x" * 256, "x" * 257]
-TIMES: list[Any] = [0, 5, -1, None, 1.5, True, "5"]
+TIMES: list[Any] = [0, 5, -1, None, 1.5, True, "5", MAX_EVENT_TIME_MS, MAX_EVENT_TIME_MS + 1, 2**64]
 
 
 def outcomes(builder: FeatureBuilder, records: list[dict[str, Any]]) -> list[Any]:
