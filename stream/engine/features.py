@@ -82,7 +82,6 @@ class FeatureBuilder:
             self._values = lambda record: (record[names[0]],)
         elif names:
             self._values = itemgetter(*names)
-        self._nullable = [f.nullable for f in manifest.features]
         self._categorical = [j for j, *_, categories in self._plan if categories is not None]
 
     def rows(self, records: Sequence[dict[str, Any]]) -> FeatureRows:
@@ -143,14 +142,13 @@ class FeatureBuilder:
             return None  # a feature is missing: the careful path names it
         converted: list[Sequence[Any]] = []
         nulls: list[tuple[int, list[bool]]] = []
-        for j, column in enumerate(columns):
-            categories = self._plan[j][3]
+        for column, (j, _, nullable, categories) in zip(columns, self._plan, strict=True):
             if categories is None:
                 kinds = set(map(type, column))
                 if not kinds <= _NUMBER_TYPES:
                     return None
                 if _NONE in kinds:
-                    if not self._nullable[j]:
+                    if not nullable:
                         return None
                     nulls.append((j, [v is None for v in column]))
                     converted.append([math.nan if v is None else v for v in column])
@@ -162,7 +160,7 @@ class FeatureBuilder:
             except TypeError:  # not hashable: certainly not a category
                 return None
             if None in codes:
-                if not self._nullable[j]:
+                if not nullable:
                     return None
                 if any(c is None and v is not None for c, v in zip(codes, column, strict=True)):
                     return None  # an unknown category, not a null
@@ -249,11 +247,6 @@ class FeatureBuilder:
         if abs(number) > FLOAT32_MAX:
             raise ValidationError(f"{name}: {value!r} is beyond the model's float32 range")
         return number
-
-    def matrix(self, rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
-        """(raw values with NaN for nulls, float32 model input with nulls filled)."""
-        raw = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self._plan))
-        return raw, self.model_input(raw)
 
     def model_input(self, raw: np.ndarray) -> np.ndarray:
         """The model's float32 input: ``raw`` with nulls filled."""

@@ -69,16 +69,7 @@ class OutputWriter:
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        while True:
-            try:
-                if self._callback is None:
-                    self._send(topic, value, key, headers=headers)
-                else:
-                    self._send(topic, value, key, headers=headers, on_delivery=self._callback)
-                break
-            except BufferError:
-                # librdkafka's queue is full: serve delivery reports until there is room.
-                self._producer.poll(0.05)
+        self._send_waiting(topic, value, key, headers)
         self.produced += 1
 
     def produce_all(self, topic: str, values: list[bytes], keys: list[bytes | None]) -> None:
@@ -91,9 +82,22 @@ class OutputWriter:
                 else:
                     send(topic, value, key, on_delivery=callback)
             except BufferError:
-                self.produce(topic, value, key)
-                self.produced -= 1  # counted below with the others
+                self._send_waiting(topic, value, key, None)
         self.produced += len(values)
+
+    def _send_waiting(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        while True:
+            try:
+                if self._callback is None:
+                    self._send(topic, value, key, headers=headers)
+                else:
+                    self._send(topic, value, key, headers=headers, on_delivery=self._callback)
+                return
+            except BufferError:
+                # librdkafka's queue is full: serve delivery reports until there is room.
+                self._producer.poll(0.05)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:

@@ -42,7 +42,8 @@ def test_nullable_feature_is_nan_then_filled(builder: FeatureBuilder) -> None:
     row = builder.row(event(distance_from_home_km=None))
     j = FEATURES.index("distance_from_home_km")
     assert math.isnan(row.values[j])
-    raw, model_input = builder.matrix([row.values, builder.row(event()).values])
+    raw = builder.rows([event(distance_from_home_km=None), event()]).raw
+    model_input = builder.model_input(raw)
     assert np.isnan(raw[0, j])
     assert model_input.dtype == np.float32
     assert model_input[0, j] == np.float32(builder.manifest.features[j].fill)

@@ -258,6 +258,37 @@ def test_a_created_writer_hears_of_failures_without_a_callback_per_output() -> N
     assert len(producer) == 0
 
 
+class QueueFullEveryThird(FakeProducer):
+    """Full at every third message until polled, as librdkafka's queue is when full."""
+
+    taken: int = 0
+    full: bool = False
+    refused: int = 0
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        if self.full:
+            self.refused += 1
+            raise BufferError("queue full")
+        super().produce(*args, **kwargs)
+        self.taken += 1
+        self.full = self.taken % 3 == 0
+
+    def poll(self, timeout: float = 0) -> int:
+        self.full = False
+        return super().poll(timeout)
+
+
+def test_a_full_queue_delays_outputs_and_loses_none() -> None:
+    producer = QueueFullEveryThird()
+    writer = OutputWriter(producer)
+    values = [b"%d" % i for i in range(10)]
+    writer.produce_all("payments.predictions", values, [b"k"] * 10)
+    writer.produce("payments.review", b"r")
+    assert [p.value for p in producer.on("payments.predictions")] == values
+    assert writer.produced == 11 and producer.refused >= 3  # full three times, waited out
+    writer.acknowledge()
+
+
 def test_partials_drain_with_heartbeat(runtime: Runtime) -> None:
     scorer, _ = make_scorer(runtime)
     recs, _ = records(50)
