@@ -250,12 +250,15 @@ def test_a_created_writer_hears_of_failures_without_a_callback_per_output() -> N
         "delivery.report.only.error": True,
         "log_level": 0,
     }
-    writer, producer = OutputWriter.create(config, flush_timeout_s=10)
+    writer, _ = OutputWriter.create(config, flush_timeout_s=10)
     writer.produce_all("payments.predictions", [b"x", b"y"], [b"1", None])
     assert writer.produced == 2
-    with pytest.raises(DeliveryError, match=r"payments\.predictions: .*timed out"):
+    with pytest.raises(DeliveryError, match=r"payments\.predictions: .*timed out") as failed:
         writer.acknowledge()
-    assert len(producer) == 0
+    assert str(failed.value).count("payments.predictions:") == 2
+    # Both failures were reported once: nothing is left to wait for or to report again.
+    # (The producer's own queue may still hold a broker error event, so its length is not asked.)
+    writer.acknowledge()
 
 
 class QueueFullEveryThird(FakeProducer):
