@@ -337,7 +337,17 @@ def bench(
         str,
         typer.Option(help="Shares of the pipeline's max rate for the latency runs; '' for none."),
     ] = "0.1,0.5,0.8",
-    latency_seconds: Annotated[float, typer.Option(min=1, help="Length of each latency run.")] = 30,
+    latency_seconds: Annotated[
+        float, typer.Option(min=1, help="Measured length of each latency run.")
+    ] = 30,
+    latency_warmup: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds of traffic at the same rate before each latency run's measured time, "
+            "reported apart (each run starts on new topics).",
+        ),
+    ] = 5,
     scale: Annotated[
         int, typer.Option(min=0, help="Scaling mode: 1 … N worker processes; 0 for none.")
     ] = 0,
@@ -365,7 +375,8 @@ def bench(
             features=features, batch=batch,
             format=format,  # type: ignore[arg-type]
             engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
-            latency=shares, latency_seconds=latency_seconds, scale=scale, json_path=json_file,
+            latency=shares, latency_seconds=latency_seconds, latency_warmup=latency_warmup,
+            scale=scale, json_path=json_file,
         ),
         console,
     )  # fmt: skip

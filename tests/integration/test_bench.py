@@ -29,7 +29,7 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
         settings,
         BenchOptions(
             events=1000, runs=1, partitions=2, trees=10, latency=(0.5,), latency_seconds=2,
-            scale=2, timeout=300, json_path=tmp_path / "bench.json",
+            latency_warmup=1, scale=2, timeout=300, json_path=tmp_path / "bench.json",
         ),
         Console(file=out, width=200),
     )  # fmt: skip
@@ -43,7 +43,11 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     assert report["engines"]["bare"]["ratio_to_bare"] == 1.0
     (latency,) = report["latency"]
     assert latency["events"] == latency["sent"] > 0, "a latency for every event sent"
+    first = latency["warmup"]
+    assert first["seconds"] == 1 and first["events"] > 0 and latency["measured_events"] > 0
+    assert first["events"] + latency["measured_events"] == latency["events"]
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert first["p50_ms"] <= first["p99_ms"] <= first["max_ms"]
     one, two = report["scaling"]
     assert (one["workers"], two["workers"]) == (1, 2)
     assert len(two["events_per_worker"]) == 2 and all(two["events_per_worker"]), "both scored"
