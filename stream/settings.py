@@ -22,6 +22,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = PROJECT_ROOT / ".stream"
 
 
+def embedded_dsn(home: Path) -> str:
+    """The embedded ClickHouse engine's DSN under a state folder (the default)."""
+    return f"chdb://{(home / 'clickhouse').resolve()}"
+
+
 class Settings(BaseSettings):
     """Where the services are. Every field reads ``STREAM_<NAME>`` from the environment."""
 
@@ -106,7 +111,7 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         if self.clickhouse_dsn is not None:
             return self.clickhouse_dsn.get_secret_value()
-        return f"chdb://{(self.home / 'clickhouse').resolve()}"
+        return embedded_dsn(self.home)
 
     def kafka_config(self, bootstrap: str | None = None) -> dict[str, Any]:
         """librdkafka settings shared by every client of this process."""

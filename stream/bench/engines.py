@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from stream.errors import ServiceError
 from stream.produce import EventSource, PacedProducer, event_serde
 from stream.services.worker_process import WorkerProcess
-from stream.settings import PROJECT_ROOT, PipelineConfig, Settings
+from stream.settings import PROJECT_ROOT, PipelineConfig, Settings, embedded_dsn
 
 PEERS_DIR = PROJECT_ROOT / "bench"
 QUIX_REQUIREMENT = "quixstreams==3.28.1"
@@ -93,6 +93,9 @@ class Workbench:
     features: int
     schemas_dir: Path  # the project's schemas, plus the event schema of --features N
     source: EventSource | None  # the events of --features N; None: the demo's payments
+    # A ClickHouse server (http(s):// DSN) every worker writes to; None: an embedded
+    # engine in each worker's own folder, whatever embedded DSN the environment names.
+    clickhouse_server: str | None = None
 
     def output_topic(self, engine: str) -> str:
         return f"{self.pipeline.name}.bench-{engine}"
@@ -104,15 +107,21 @@ class Workbench:
 
     def worker(self, pipeline_file: Path, home: Path, app_id: str | None = None) -> WorkerProcess:
         """A started `stream worker` with a state folder (and embedded ClickHouse) of its own."""
-        env = {
+        env = self.worker_env(home, app_id)
+        return WorkerProcess(pipeline_file, env, home / "worker.log").start()
+
+    def worker_env(self, home: Path, app_id: str | None = None) -> dict[str, str]:
+        """A worker's settings. Workers run side by side in scaling mode, so each embedded
+        engine gets a folder of its own (the engine allows one process per folder)."""
+        return {
             "STREAM_KAFKA_BOOTSTRAP": self.bootstrap,
             "STREAM_HOME": str(home),
+            "STREAM_CLICKHOUSE_DSN": self.clickhouse_server or embedded_dsn(home),
             "STREAM_REGISTRY": str(self.registry),
             "STREAM_SCHEMAS_DIR": str(self.schemas_dir),
             "STREAM_APP_ID": app_id or f"bench-{uuid.uuid4().hex[:8]}",
             "STREAM_LOG_LEVEL": "WARNING",
         }
-        return WorkerProcess(pipeline_file, env, home / "worker.log").start()
 
 
 def _cpu_seconds(pid: int) -> float:

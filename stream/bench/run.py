@@ -194,9 +194,10 @@ def _prepare(
         f"{options.format}); model: {options.trees} trees of depth {options.depth}, "
         f"{len(manifest.features)} features"
     )
+    server = None if settings.dsn.startswith("chdb:") else settings.dsn
     return Workbench(
         bootstrap, folder, pipeline, files, registry.root, spec, options.events, options.batch,
-        options.timeout, len(manifest.features), settings.schemas_dir, source,
+        options.timeout, len(manifest.features), settings.schemas_dir, source, server,
     )  # fmt: skip
 
 

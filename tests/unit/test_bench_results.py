@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from stream.bench.engines import MIN_CPU_EVENTS, RunResult
+from stream.bench.engines import MIN_CPU_EVENTS, RunResult, Workbench
 from stream.bench.run import EngineResults
+from stream.settings import PipelineConfig, Settings
 
 
 def test_cpu_per_1k_events_over_the_timed_events() -> None:
@@ -24,3 +27,33 @@ def test_too_few_timed_events_give_no_cpu_figure_rather_than_a_wrong_one() -> No
     results = EngineResults("pipeline", [few, RunResult(1_000, 1.0, 0.4, 400.0)])
     assert results.median_cpu() == pytest.approx(0.4)
     assert EngineResults("pipeline", [few]).median_cpu() is None
+
+
+def _bench(tmp_path: Path, server: str | None) -> Workbench:
+    pipeline = PipelineConfig.model_validate({"name": "b", "model": {"name": "m", "version": "1"}})
+    return Workbench(
+        "127.0.0.1:9092", tmp_path, pipeline, {}, tmp_path / "registry", tmp_path / "spec.json",
+        1000, 100, 60.0, 20, tmp_path / "schemas", None, server,
+    )  # fmt: skip
+
+
+def test_each_bench_worker_has_an_embedded_engine_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An embedded DSN in the bench's environment would put the workers of a scaling run,
+    # which run side by side, on one folder: the engine allows one process per folder.
+    monkeypatch.setenv("STREAM_CLICKHOUSE_DSN", f"chdb://{tmp_path / 'shared'}")
+    bench = _bench(tmp_path, None)
+    seen = []
+    for home in (tmp_path / "w0", tmp_path / "w1"):
+        with monkeypatch.context() as env:
+            for name, value in bench.worker_env(home).items():
+                env.setenv(name, value)  # over the inherited environment, as a worker gets it
+            seen.append(Settings().dsn)
+    assert seen == [f"chdb://{(tmp_path / w / 'clickhouse').resolve()}" for w in ("w0", "w1")]
+
+
+def test_bench_workers_share_a_clickhouse_server(tmp_path: Path) -> None:
+    server = "http://default:secret@clickhouse:8123/stream"
+    bench = _bench(tmp_path, server)
+    assert bench.worker_env(tmp_path / "w0")["STREAM_CLICKHOUSE_DSN"] == server
