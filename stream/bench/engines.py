@@ -106,7 +106,7 @@ class Workbench:
         return PacedProducer(kafka_config, pipeline.events_topic, serde, self.source)
 
     def worker(self, pipeline_file: Path, home: Path, app_id: str | None = None) -> WorkerProcess:
-        """A started `stream worker` with a state folder (and embedded ClickHouse) of its own."""
+        """A started `stream worker` with a state folder of its own (ClickHouse: ``worker_env``)."""
         env = self.worker_env(home, app_id)
         return WorkerProcess(pipeline_file, env, home / "worker.log").start()
 
