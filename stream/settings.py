@@ -113,6 +113,11 @@ class Settings(BaseSettings):
             return self.clickhouse_dsn.get_secret_value()
         return embedded_dsn(self.home)
 
+    @property
+    def clickhouse_embedded(self) -> bool:
+        """Whether the DSN is the embedded engine (one process per data folder)."""
+        return self.dsn.startswith("chdb:")
+
     def kafka_config(self, bootstrap: str | None = None) -> dict[str, Any]:
         """librdkafka settings shared by every client of this process."""
         bootstrap = bootstrap or self.kafka_bootstrap

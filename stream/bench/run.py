@@ -194,7 +194,7 @@ def _prepare(
         f"{options.format}); model: {options.trees} trees of depth {options.depth}, "
         f"{len(manifest.features)} features"
     )
-    server = None if settings.dsn.startswith("chdb:") else settings.dsn
+    server = None if settings.clickhouse_embedded else settings.dsn
     return Workbench(
         bootstrap, folder, pipeline, files, registry.root, spec, options.events, options.batch,
         options.timeout, len(manifest.features), settings.schemas_dir, source, server,

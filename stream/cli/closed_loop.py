@@ -176,7 +176,7 @@ def models_promote(
 
     settings = configure()
     config = load_pipeline(pipeline_path(pipeline))
-    if len(config.promotion.steps) > 1 and settings.dsn.startswith("chdb:"):
+    if len(config.promotion.steps) > 1 and settings.clickhouse_embedded:
         raise SettingsError(
             "promotion.steps",
             "checks between steps read ClickHouse while the workers write it, which the "
