@@ -195,6 +195,9 @@ def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
     """One of the scripts in ``bench/``; it reports its own timing as one JSON line."""
     script = {"bare": "bare_loop.py", "quix": "quix_app.py", "faust": "faust_agent.py"}[engine]
     log = bench.folder / f"{engine}-{run}.log"
+    # Faust's data folder and Quix Streams' state folder go where the peer runs.
+    home = bench.folder / f"{engine}-{run}"
+    home.mkdir(parents=True, exist_ok=True)
     command = [
         python, str(PEERS_DIR / script), "--bootstrap", bench.bootstrap,
         "--topic", bench.pipeline.events_topic, "--out-topic", bench.output_topic(engine),
@@ -204,7 +207,7 @@ def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
     with log.open("wb") as err:
         try:
             done = subprocess.run(
-                command, cwd=PEERS_DIR, stdout=subprocess.PIPE, stderr=err,
+                command, cwd=home, stdout=subprocess.PIPE, stderr=err,
                 timeout=bench.timeout, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:

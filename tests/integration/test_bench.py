@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from stream.bench.engines import ENGINES
+from stream.bench.engines import ENGINES, PEERS_DIR
 from stream.bench.run import BenchOptions, run_bench
 from stream.settings import Settings
 
@@ -24,6 +24,7 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     settings = Settings(home=tmp_path / "home", kafka_bootstrap=kafka_bootstrap)
+    peers_before = sorted(PEERS_DIR.iterdir())
     out = io.StringIO()
     report = run_bench(
         settings,
@@ -55,6 +56,8 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     assert json.loads((tmp_path / "bench.json").read_text()) == report
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "this pipeline, every feature on" in out.getvalue()
+    # The peers' state (faust's data folder, Quix Streams' state/) stays in the run's folder.
+    assert sorted(PEERS_DIR.iterdir()) == peers_before
 
 
 def test_bench_takes_a_number_of_float_features(kafka_bootstrap: str, tmp_path: Path) -> None:
