@@ -12,6 +12,7 @@ and the logger almost nothing.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -35,11 +36,19 @@ SCHEMA = pa.schema(
         ("event_time", pa.timestamp("ms", tz="UTC")),
         ("scored_time", pa.timestamp("ms", tz="UTC")),
         ("latency_ms", pa.float64()),
-        ("features", pa.map_(pa.string(), pa.float64())),
+        # The names once per row as a one-value dictionary (ClickHouse: LowCardinality),
+        # the values as a list: a Map repeated every name as a string in every row.
+        ("feature_names", pa.dictionary(pa.int32(), pa.string())),
+        ("feature_values", pa.list_(pa.float64())),
         ("segments", pa.map_(pa.string(), pa.string())),
     ]
 )
 COLUMNS = SCHEMA.names
+# What engines wrote before: the features as a Map. A logger still reads it.
+MAP_SCHEMA = pa.schema(
+    [f for f in SCHEMA if f.name not in ("feature_names", "feature_values", "segments")]
+    + [pa.field("features", pa.map_(pa.string(), pa.float64())), SCHEMA.field("segments")]
+)
 
 
 class Sampler:
@@ -54,6 +63,11 @@ class Sampler:
         return key is None or zlib.crc32(key) < self._bound
 
 
+def names_json(names: Sequence[str]) -> str:
+    """The feature names as the log stores them (as ClickHouse's toJSONString writes them)."""
+    return json.dumps(list(names), separators=(",", ":"), ensure_ascii=False)
+
+
 def _map(names: Sequence[str], values: pa.Array, rows: int) -> pa.MapArray:
     """Every row maps the same ``names`` to its slice of ``values`` (row-major)."""
     width = len(names)
@@ -62,6 +76,17 @@ def _map(names: Sequence[str], values: pa.Array, rows: int) -> pa.MapArray:
     index = pa.array(np.tile(np.arange(width, dtype=np.int32), rows))
     keys = pa.array(names, pa.string()).take(index)
     return pa.MapArray.from_arrays(offsets, keys, values)
+
+
+def _feature_columns(names: Sequence[str], values: pa.Array, rows: int) -> list[pa.Array]:
+    """``feature_names`` and ``feature_values``: each row ``names`` and its slice of ``values``."""
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * len(names))
+    return [
+        pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(rows, dtype=np.int32)), pa.array([names_json(names)], pa.string())
+        ),
+        pa.ListArray.from_arrays(offsets, values),
+    ]
 
 
 class PredictionLogBatch:
@@ -124,7 +149,7 @@ class PredictionLogBatch:
             pa.array(event_time_ms.astype(np.int64), pa.timestamp("ms", tz="UTC")),
             pa.array(np.full(rows, scored_ms, dtype=np.int64), pa.timestamp("ms", tz="UTC")),
             pa.array(latency_ms, pa.float64()),
-            _map(names, pa.array(values, pa.float64()), rows),
+            *_feature_columns(names, pa.array(values, pa.float64()), rows),
             _map(self.segments, pa.array(segment_values, pa.string()), rows),
         ]
         self._tables.append(pa.Table.from_arrays(columns, schema=SCHEMA))
@@ -139,6 +164,8 @@ class PredictionLogBatch:
 
 
 def encode(batch: pa.RecordBatch | pa.Table) -> bytes:
+    if isinstance(batch, pa.Table):
+        batch = batch.unify_dictionaries()  # one dictionary in the stream, not one per chunk
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
         writer.write(batch)
@@ -153,7 +180,20 @@ def decode(payloads: list[bytes]) -> pa.Table:
             table = pa.ipc.open_stream(payload).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
             raise ValueError(f"not a prediction log batch: {exc}") from None
-        if table.schema != SCHEMA:
+        if table.schema == MAP_SCHEMA:
+            table = _from_map(table)
+        elif table.schema != SCHEMA:
             raise ValueError("a prediction log batch of another schema")
         tables.append(table)
     return pa.concat_tables(tables)
+
+
+def _from_map(table: pa.Table) -> pa.Table:
+    """A batch with the features as a Map, as engines wrote it before, in today's columns."""
+    features = table.column("features").combine_chunks()
+    keys = pa.ListArray.from_arrays(features.offsets, features.keys).to_pylist()
+    names = pa.array([names_json(row) for row in keys], pa.string()).dictionary_encode()
+    values = pa.ListArray.from_arrays(features.offsets, features.items)
+    at = table.schema.get_field_index("features")
+    table = table.remove_column(at).add_column(at, "feature_values", values)
+    return table.add_column(at, "feature_names", names).cast(SCHEMA)

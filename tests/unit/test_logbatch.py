@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from stream.quality.logbatch import MAX_ROWS, PredictionLogBatch, Sampler, decode
+from stream.quality.logbatch import (
+    MAP_SCHEMA,
+    MAX_ROWS,
+    SCHEMA,
+    PredictionLogBatch,
+    Sampler,
+    decode,
+)
 from stream.settings import PipelineConfig
 
 
@@ -49,8 +58,10 @@ def test_batches_round_trip_with_features_and_segments() -> None:
     rows = table.to_pylist()
     first = rows[0]
     assert (first["event_id"], first["model"], first["label"]) == ("e0", "m", "fraud")
-    features = dict(first["features"])
+    assert json.loads(first["feature_names"]) == ["amount", "gap"]
+    features = dict(zip(json.loads(first["feature_names"]), first["feature_values"], strict=True))
     assert features["amount"] == 0.0 and math.isnan(features["gap"])
+    assert rows[-1]["feature_values"] == [2.0 * (MAX_ROWS - 1), 2.0 * MAX_ROWS - 1]
     assert dict(first["segments"]) == {"channel": "app", "country": ""}
     assert first["scored_time"].timestamp() == 1.5
 
@@ -60,7 +71,8 @@ def test_without_features_and_sampled() -> None:
     add(batch, 400)
     rows = decode(batch.drain()).to_pylist()
     assert 150 < len(rows) < 250
-    assert all(dict(r["features"]) == {} and dict(r["segments"]) == {} for r in rows)
+    assert all(r["feature_names"] == "[]" and r["feature_values"] == [] for r in rows)
+    assert all(dict(r["segments"]) == {} for r in rows)
     kept = {r["event_id"] for r in rows}
     assert kept == {f"e{i}" for i in range(400) if Sampler(0.5).keeps(f"e{i}".encode())}
 
@@ -68,3 +80,29 @@ def test_without_features_and_sampled() -> None:
 def test_bytes_that_are_not_a_batch_are_refused() -> None:
     with pytest.raises(ValueError, match="not a prediction log batch"):
         decode([b"\x00garbage"])
+
+
+def test_a_batch_with_the_features_as_a_map_is_read_as_todays_columns() -> None:
+    """What engines wrote before the log had two feature columns: a logger still takes it."""
+    batch = PredictionLogBatch(pipeline(segments=["channel"]))
+    add(batch, 3)
+    today = decode(batch.drain())
+    rows = today.to_pylist()
+    features = [
+        list(zip(json.loads(r["feature_names"]), r["feature_values"], strict=True)) for r in rows
+    ]
+    features[1] = []  # a row without features (they were not logged)
+    before = today.drop_columns(["feature_names", "feature_values"]).add_column(
+        11, "features", pa.array(features, MAP_SCHEMA.field("features").type)
+    )
+    assert before.schema == MAP_SCHEMA
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, MAP_SCHEMA) as writer:
+        writer.write(before)
+    read = decode([sink.getvalue().to_pybytes()])
+    assert read.schema == SCHEMA
+    again = read.to_pylist()
+    assert [r["feature_names"] for r in again] == ['["amount","gap"]', "[]", '["amount","gap"]']
+    assert again[2]["feature_values"] == rows[2]["feature_values"]
+    assert [r["event_id"] for r in again] == [r["event_id"] for r in rows]
+    assert [dict(r["segments"]) for r in again] == [dict(r["segments"]) for r in rows]

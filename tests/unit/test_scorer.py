@@ -377,4 +377,5 @@ def test_every_prediction_and_shadow_prediction_is_logged_with_the_batch(
     for e in evs:
         row = by_id[e["event_id"]]
         assert dict(row["segments"]) == {"channel": e["channel"]}
-        assert dict(row["features"])["amount"] == pytest.approx(e["amount"])
+        features = dict(zip(json.loads(row["feature_names"]), row["feature_values"], strict=True))
+        assert features["amount"] == pytest.approx(e["amount"])
