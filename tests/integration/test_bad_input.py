@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 from stream.demo.data import CATEGORIES, NUMERIC
 from stream.models.registry import ModelRegistry
 from stream.services.readback import read_to_end
+from stream.settings import Settings
 from tests.integration.conftest import PipelineHarness, engine
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,57 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
     assert "schema is up to date" in again and "retention" not in again, "nothing changed"
     env["STREAM_CLICKHOUSE_LOG_RETENTION_DAYS"] = "0"
     assert "changed on prediction_log, feedback" in migrate(), "0 keeps the log for ever"
+
+
+SQL_SCRIPT = """
+import json, sys
+from stream.settings import Settings
+from stream.sinks.clickhouse import connect
+ch = connect(Settings().dsn, "stream")
+for statement in sys.argv[1:]:
+    if statement.startswith("SELECT"):
+        print(json.dumps(ch.client.query(statement).result_rows, default=str))
+    else:
+        ch.client.command(statement)
+"""
+
+
+def test_the_logs_inputs_survive_the_migration_to_two_columns(tmp_path: Path) -> None:
+    """A log written with the inputs as a Map reads the same after 007 made them two columns."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in sorted(Settings().migrations_dir.glob("*.sql")):
+        if path.name < "007":
+            (before / path.name).write_text(path.read_text())
+    env = {**os.environ, "STREAM_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}"}
+
+    def run(*args: str, migrations: Path) -> str:
+        result = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=60, check=True,
+            env={**env, "STREAM_MIGRATIONS_DIR": str(migrations)},
+        )  # fmt: skip
+        return result.stdout
+
+    run("-m", "stream", "db", "migrate", migrations=before)
+    # Scored now: the log's retention (a TTL on scored_time) would drop rows of 1970.
+    run("-c", SQL_SCRIPT, "INSERT INTO prediction_log (pipeline, event_id, model, model_version, "
+        "variant, label, scored_time, features) VALUES "
+        "('p', 'e1', 'm', '1', 'champion', 'fraud', now64(), map('amount', 12.5, 'hour', nan)), "
+        "('p', 'e2', 'm', '1', 'champion', 'legit', now64(), map())",
+        migrations=before)  # fmt: skip
+    assert "applied: 007_log_feature_columns.sql" in run(
+        "-m", "stream", "db", "migrate", migrations=Settings().migrations_dir
+    )
+    (rows,) = [
+        json.loads(line)
+        for line in run("-c", SQL_SCRIPT, "SELECT event_id, feature_names, feature_values, "
+                        "features['amount'], mapKeys(features) FROM prediction_log "
+                        "ORDER BY event_id", migrations=Settings().migrations_dir).splitlines()
+    ]  # fmt: skip
+    (e1, names, values, amount, keys), e2 = rows
+    assert (e1, names, amount, keys) == ("e1", '["amount","hour"]', 12.5, ["amount", "hour"])
+    assert values[0] == 12.5 and math.isnan(values[1])
+    assert e2 == ["e2", "[]", [], 0.0, []]
 
 
 @pytest.mark.parametrize(
