@@ -21,7 +21,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -81,7 +80,9 @@ class Engine:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.conn = chdb.connect(f"file:{folder / 'data'}")
-        self.spool = Path(tempfile.mkdtemp(prefix="chserver-"))
+        # Beside the data: the server is killed, not stopped, so it cannot clean up after itself.
+        self.spool = folder / "spool"
+        self.spool.mkdir(exist_ok=True)
         self.lock = threading.Lock()
 
     def run(
