@@ -285,55 +285,38 @@ class BatchScorer:
             ]
         event_times = np.array(times, dtype=np.int64)
         latencies = np.maximum(now_ms - event_times, 0).astype(np.float64)
-        # Whole columns to Python once per batch, not one numpy scalar at a time.
+        # The outputs are written a column at a time (``Serde.serialize_many``).
         label_indexes = prediction.label_index.tolist()
-        scores = prediction.score.tolist()
-        confidences = prediction.confidence.tolist()
-        probabilities = prediction.probabilities.tolist()
         out_labels = [
             labels[index] if index >= 0 else repr(score)
-            for index, score in zip(label_indexes, scores, strict=True)
+            for index, score in zip(label_indexes, prediction.score.tolist(), strict=True)
         ]
-        serialize, ctx = self.serdes.predictions.serialize, self._pred_ctx
-        pipeline, name, version = self.pipeline.name, manifest.name, manifest.version
-        values: list[bytes] = []
+        n = len(routed)
+        columns = {
+            "event_id": rows.event_ids,
+            "key": keys,
+            "variant": variants,
+            "label": out_labels,
+            "score": prediction.score,
+            "probabilities": prediction.probabilities,
+            "confidence": prediction.confidence,
+            "event_time": event_times,
+            "latency_ms": latencies,
+        }
+        constants = {
+            "pipeline": self.pipeline.name,
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+            "scored_time": now_ms,
+            "inference_ms": inference_ms,
+        }
+        values = self.serdes.predictions.serialize_many(columns, constants, n, self._pred_ctx)
         reviews = 0
-        columns = zip(
-            records, rows.event_ids, keys, variants, out_labels, scores, probabilities,
-            confidences, times, latencies.tolist(), strict=True,
-        )  # fmt: skip
-        for (
-            record,
-            event_id,
-            key,
-            variant,
-            label,
-            score,
-            p,
-            confidence,
-            event_time,
-            latency,
-        ) in columns:
-            out = {
-                "event_id": event_id,
-                "key": key,
-                "pipeline": pipeline,
-                "model_name": name,
-                "model_version": version,
-                "variant": variant,
-                "label": label,
-                "score": score,
-                "probabilities": p,
-                "confidence": confidence,
-                "event_time": event_time,
-                "scored_time": now_ms,
-                "latency_ms": latency,
-                "inference_ms": inference_ms,
-            }
-            values.append(serialize(out, ctx))
-            if not shadow and confidence < threshold:
-                reviews += 1
-                self._review(record, out, threshold)
+        if not shadow:
+            low = np.flatnonzero(prediction.confidence < threshold).tolist()
+            reviews = len(low)
+            if low:
+                self._review([records[i] for i in low], columns, constants, low, threshold)
         self.writer.produce_all(topic, values, keys)
         self._scored[serving.key] = self._scored.get(serving.key, 0) + len(routed)
         if self.log.enabled:
@@ -371,25 +354,32 @@ class BatchScorer:
         self.counters.reviews += reviews
         self.counters.last_scored_ms = now_ms
 
-    def _review(self, record: Record, prediction: dict[str, Any], threshold: float) -> None:
+    def _review(
+        self,
+        records: list[Record],
+        predictions: dict[str, Any],
+        constants: dict[str, Any],
+        low: list[int],
+        threshold: float,
+    ) -> None:
+        """Review items of the predictions at ``low``, whose records are ``records``."""
+        columns = {
+            "event_id": [predictions["event_id"][i] for i in low],
+            "label": [predictions["label"][i] for i in low],
+            "score": predictions["score"][low],
+            "confidence": predictions["confidence"][low],
+            "event": [record.value() or b"" for record in records],
+        }
         item = {
-            "event_id": prediction["event_id"],
-            "pipeline": self.pipeline.name,
-            "model_name": prediction["model_name"],
-            "model_version": prediction["model_version"],
-            "label": prediction["label"],
-            "score": prediction["score"],
-            "confidence": prediction["confidence"],
+            "pipeline": constants["pipeline"],
+            "model_name": constants["model_name"],
+            "model_version": constants["model_version"],
             "threshold": threshold,
             "reason": "low_confidence",
-            "scored_time": prediction["scored_time"],
-            "event": record.value() or b"",
+            "scored_time": constants["scored_time"],
         }
-        self.writer.produce(
-            self.pipeline.review_topic,
-            self.serdes.review.serialize(item, self._review_ctx),
-            key=record.key(),
-        )
+        values = self.serdes.review.serialize_many(columns, item, len(low), self._review_ctx)
+        self.writer.produce_all(self.pipeline.review_topic, values, [r.key() for r in records])
 
     def dead_letter(self, record: Record, error: EventError) -> None:
         self.writer.produce(

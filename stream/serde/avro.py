@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from stream.errors import SettingsError, ValueDecodeError
-from stream.serde.base import SerdeContext
+from stream.serde.base import SerdeContext, records_of
+from stream.serde.columnar import ColumnWriter, Unsupported
 
 _MAGIC = 0
 _WIRE_HEADER = struct.Struct(">bI")
@@ -55,6 +57,8 @@ class AvroSerde:
         self._registry = registry
         self._schema_id = schema_id
         self._writers: dict[int, AvroSchema] = {}
+        header = b"" if schema_id is None else _WIRE_HEADER.pack(_MAGIC, schema_id)
+        self._columns = ColumnWriter.of(schema, header)
 
     def serialize(self, obj: dict[str, Any], ctx: SerdeContext) -> bytes:
         buf = io.BytesIO()
@@ -62,6 +66,17 @@ class AvroSerde:
             buf.write(_WIRE_HEADER.pack(_MAGIC, self._schema_id))
         schemaless_writer(buf, self.schema, obj)
         return buf.getvalue()
+
+    def serialize_many(
+        self, columns: Mapping[str, Any], constants: Mapping[str, Any], rows: int,
+        ctx: SerdeContext,
+    ) -> list[bytes]:  # fmt: skip
+        if self._columns is not None:
+            try:
+                return self._columns.write(columns, constants, rows)
+            except Unsupported:
+                pass  # fastavro writes these, or says what is wrong with them
+        return [self.serialize(r, ctx) for r in records_of(columns, constants, rows)]
 
     def deserialize(self, data: bytes, ctx: SerdeContext) -> dict[str, Any]:
         writer = self.schema

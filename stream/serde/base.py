@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -15,4 +18,29 @@ class SerdeContext:
 class Serde(Protocol):
     def serialize(self, obj: dict[str, Any], ctx: SerdeContext) -> bytes: ...
 
+    def serialize_many(
+        self, columns: Mapping[str, Any], constants: Mapping[str, Any], rows: int,
+        ctx: SerdeContext,
+    ) -> list[bytes]:  # fmt: skip
+        """A batch of records given as columns (a value per row: a sequence or a numpy
+        array) and constants (one value for every row): the payload of each row."""
+        ...
+
     def deserialize(self, data: bytes, ctx: SerdeContext) -> dict[str, Any]: ...
+
+
+def records_of(
+    columns: Mapping[str, Any], constants: Mapping[str, Any], rows: int
+) -> list[dict[str, Any]]:
+    """The records of a batch given as columns and constants (``Serde.serialize_many``)."""
+    names = list(columns)
+    values = [_plain(columns[name]) for name in names]
+    records = [dict(constants) for _ in range(rows)]
+    for name, column in zip(names, values, strict=True):
+        for record, value in zip(records, column, strict=True):
+            record[name] = value
+    return records
+
+
+def _plain(column: Any) -> list[Any]:
+    return column.tolist() if isinstance(column, np.ndarray) else list(column)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from stream.errors import ValueDecodeError
-from stream.serde.base import SerdeContext
+from stream.serde.base import SerdeContext, records_of
 
 
 class JsonSerde:
@@ -12,6 +13,12 @@ class JsonSerde:
 
     def serialize(self, obj: dict[str, Any], ctx: SerdeContext) -> bytes:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+    def serialize_many(
+        self, columns: Mapping[str, Any], constants: Mapping[str, Any], rows: int,
+        ctx: SerdeContext,
+    ) -> list[bytes]:  # fmt: skip
+        return [self.serialize(r, ctx) for r in records_of(columns, constants, rows)]
 
     def deserialize(self, data: bytes, ctx: SerdeContext) -> dict[str, Any]:
         try:

@@ -1,0 +1,149 @@
+"""The column writer's payloads are fastavro's, byte for byte."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from fastavro import parse_schema, schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream.serde import AvroSerde, SerdeContext, load_schema
+from stream.serde.base import records_of
+from stream.serde.columnar import ColumnWriter
+from stream.settings import PROJECT_ROOT
+
+CTX = SerdeContext("t")
+INT32 = st.integers(-(2**31), 2**31 - 1)
+INT64 = st.integers(-(2**63), 2**63 - 1)
+DOUBLES = st.floats(allow_nan=False, width=64)
+FLOATS = st.floats(allow_nan=False, width=32)
+TEXT = st.text(max_size=40)
+BLOBS = st.binary(max_size=40)
+SYMBOLS = ["a", "b", "c", "d"]
+# (schema type, values of one row, whether a column of them is a numpy array)
+TYPES: dict[str, tuple[Any, st.SearchStrategy[Any]]] = {
+    "string": ("string", TEXT),
+    "bytes": ("bytes", BLOBS),
+    "int": ("int", INT32),
+    "long": ("long", INT64),
+    "float": ("float", FLOATS),
+    "double": ("double", DOUBLES),
+    "boolean": ("boolean", st.booleans()),
+    "enum": ({"type": "enum", "name": "E", "symbols": SYMBOLS}, st.sampled_from(SYMBOLS)),
+}
+
+
+def fastavro_payloads(schema: dict[str, Any], records: list[dict[str, Any]]) -> list[bytes]:
+    out = []
+    for record in records:
+        buf = io.BytesIO()
+        schemaless_writer(buf, schema, record)
+        out.append(buf.getvalue())
+    return out
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]:
+    """A flat schema, and a batch for it as columns and constants."""
+    rows = draw(st.integers(1, 12))
+    fields: list[dict[str, Any]] = []
+    columns: dict[str, Any] = {}
+    constants: dict[str, Any] = {}
+    enum_used = False
+    for i in range(draw(st.integers(1, 8))):
+        name = f"f{i}"
+        kind = draw(st.sampled_from([*TYPES, "array"]))
+        if kind == "enum":
+            if enum_used:  # a named type is defined once
+                kind = "long"
+            enum_used = True
+        nullable = kind != "array" and draw(st.booleans())
+        if kind == "array":
+            items = draw(st.sampled_from(["double", "float", "long", "int"]))
+            width = draw(st.integers(0, 3))
+            value_type: Any = {"type": "array", "items": items}
+            cell = st.lists(TYPES[items][1], min_size=width, max_size=width)
+        else:
+            value_type, cell = TYPES[kind]
+        if nullable:
+            value_type = ["null", value_type] if draw(st.booleans()) else [value_type, "null"]
+            cell = st.none() | cell
+        fields.append({"name": name, "type": value_type})
+        if draw(st.booleans()) and kind != "array":
+            constants[name] = draw(cell)
+            continue
+        values = draw(st.lists(cell, min_size=rows, max_size=rows))
+        if kind == "array":
+            dtype = np.float64 if items in ("double", "float") else np.int64
+            columns[name] = np.array(values, dtype=dtype).reshape(rows, width)
+        elif kind in ("double", "long", "int") and not nullable and draw(st.booleans()):
+            columns[name] = np.array(values, dtype=np.float64 if kind == "double" else np.int64)
+        else:
+            columns[name] = values
+    schema = parse_schema({"type": "record", "name": "R", "fields": fields})
+    return schema, columns, constants, rows
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_payloads_are_fastavros(batch: tuple[dict[str, Any], dict[str, Any], Any, int]) -> None:
+    schema, columns, constants, rows = batch
+    writer = ColumnWriter.of(schema)
+    assert writer is not None
+    expected = fastavro_payloads(schema, records_of(columns, constants, rows))
+    assert writer.write(columns, constants, rows) == expected
+
+
+def test_predictions_with_a_registry_header_are_fastavros() -> None:
+    schema = load_schema(PROJECT_ROOT / "schemas", "prediction.avsc")
+    serde = AvroSerde(schema, registry=None, schema_id=42)
+    rng = np.random.default_rng(3)
+    probabilities = rng.random((5, 2))
+    columns = {
+        "event_id": [f"e-{i}" for i in range(5)],
+        "key": [None, b"k1", b"k2", None, b"k4"],
+        "variant": ["main"] * 5,
+        "label": ["legit", "fraud", "legit", "legit", "fraud"],
+        "score": probabilities[:, 1],
+        "probabilities": probabilities,
+        "confidence": probabilities.max(axis=1),
+        "event_time": np.array([0, 1, 2**40, 63, 64]),
+        "latency_ms": rng.random(5),
+    }
+    constants = {
+        "pipeline": "p", "model_name": "m", "model_version": "1", "scored_time": 7,
+        "inference_ms": 0.5,
+    }  # fmt: skip
+    payloads = serde.serialize_many(columns, constants, 5, CTX)
+    records = records_of(columns, constants, 5)
+    assert payloads == [serde.serialize(r, CTX) for r in records]
+    assert payloads[0][:5] == b"\x00\x00\x00\x00\x2a"
+
+
+def test_what_it_cannot_write_goes_to_fastavro_which_says_what_is_wrong() -> None:
+    schema = parse_schema(
+        {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}
+    )
+    serde = AvroSerde(schema)
+    assert serde.serialize_many({"s": ["x", "y"]}, {}, 2, CTX) == [b"\x02x", b"\x02y"]
+    with pytest.raises((TypeError, ValueError, AttributeError)):
+        serde.serialize_many({"s": ["x", None]}, {}, 2, CTX)
+
+
+def test_schemas_it_does_not_cover_are_written_record_by_record() -> None:
+    nested = parse_schema(
+        {
+            "type": "record",
+            "name": "Outer",
+            "fields": [
+                {"name": "inner", "type": {"type": "record", "name": "I", "fields": []}},
+            ],
+        }
+    )
+    assert ColumnWriter.of(nested) is None
+    serde = AvroSerde(nested)
+    assert serde.serialize_many({"inner": [{}, {}]}, {}, 2, CTX) == [b"", b""]
