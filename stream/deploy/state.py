@@ -8,6 +8,7 @@ read states from the compacted ``stream.control`` topic.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -213,7 +214,7 @@ class Router:
         # Every event to one version, whatever its key or fields: nothing to decide per event.
         self.only = self.targets[0] if not self.rules and len(self.targets) == 1 else None
 
-    def route(self, key: bytes, record: dict[str, Any]) -> tuple[ModelKey, str]:
+    def route(self, key: bytes, record: Mapping[str, Any]) -> tuple[ModelKey, str]:
         for field, value, model, variant in self.rules:
             found = record.get(field)
             if found is not None and str(found) == value:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from stream.errors import UnknownCategory, ValidationError
 from stream.models.manifest import ModelManifest
+from stream.serde.columnar import Column, EventColumns
 
 MAX_EVENT_ID_LENGTH = 256
 # Models take float32 input: a larger number would reach the model as infinity.
@@ -77,14 +80,14 @@ class FeatureBuilder:
         self.fill = np.asarray([f.fill for f in manifest.features], dtype=np.float64)
         names = [f.name for f in manifest.features]
         # The bulk path reads every feature of a record in one C-level call.
-        self._values: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
+        self._values: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
         if len(names) == 1:
             self._values = lambda record: (record[names[0]],)
         elif names:
             self._values = itemgetter(*names)
         self._categorical = [j for j, *_, categories in self._plan if categories is not None]
 
-    def rows(self, records: Sequence[dict[str, Any]]) -> FeatureRows:
+    def rows(self, records: Sequence[Mapping[str, Any]]) -> FeatureRows:
         """``row`` of every record, with the same outcome, the common case in bulk.
 
         A batch of plain values (non-empty string ids, epoch integers for
@@ -93,10 +96,12 @@ class FeatureBuilder:
         else goes through ``row`` one record at a time, which gives each
         rejected record its reason.
         """
-        if records:
+        if isinstance(records, EventColumns):
+            bulk = self._columns(records) if records.rows else None
+        elif records:
             bulk = self._bulk(records)
-            if bulk is not None:
-                return bulk
+        if records and bulk is not None:
+            return bulk
         accepted: list[int] = []
         event_ids: list[str] = []
         event_times: list[int | None] = []
@@ -115,7 +120,7 @@ class FeatureBuilder:
         raw = np.asarray(values, dtype=np.float64).reshape(len(values), len(self._plan))
         return FeatureRows(accepted, event_ids, event_times, raw, rejected)
 
-    def _bulk(self, records: Sequence[dict[str, Any]]) -> FeatureRows | None:
+    def _bulk(self, records: Sequence[Mapping[str, Any]]) -> FeatureRows | None:
         """The rows when every value of the batch is a plain one; None for the careful path."""
         if self._values is None:
             return None
@@ -178,7 +183,51 @@ class FeatureBuilder:
             return None
         return FeatureRows(list(range(len(records))), event_ids, event_times, raw, [])
 
-    def row(self, record: dict[str, Any]) -> EventRow:
+    def _columns(self, events: EventColumns) -> FeatureRows | None:
+        """``_bulk`` for events decoded as columns: the same checks, on the arrays."""
+        columns = events.columns
+        ids = columns.get(self.event_id_field)
+        if ids is None or not isinstance(ids.values, pa.Array) or _has_nulls(ids):
+            return None
+        if not pa.types.is_large_string(ids.values.type):
+            return None
+        chars = pc.utf8_length(ids.values)
+        if pc.min(chars).as_py() == 0 or pc.max(chars).as_py() > MAX_EVENT_ID_LENGTH:
+            return None
+        event_times: list[int | None] = [None] * events.rows
+        times = None if self.event_time_field is None else columns.get(self.event_time_field)
+        if times is not None:
+            if not times.integer:
+                return None
+            known = times.values if times.nulls is None else times.values[~times.nulls]
+            if known.size and (known.min() < 0 or known.max() > MAX_EVENT_TIME_MS):
+                return None
+            event_times = times.to_list()
+        raw = np.empty((events.rows, len(self._plan)), dtype=np.float64)
+        for j, name, nullable, categories in self._plan:
+            column = columns.get(name)
+            if column is None:
+                return None  # the careful path names the missing feature
+            values = _numbers(column) if categories is None else _codes(column, categories)
+            if values is None:
+                return None
+            if _has_nulls(column):
+                if not nullable:
+                    return None
+                assert column.nulls is not None
+                values = np.where(column.nulls, np.nan, values)
+            raw[:, j] = values
+        within = np.abs(raw) <= FLOAT32_MAX  # false for NaN and infinity too
+        within[:, self._categorical] = True  # codes, or NaN for a null (checked above)
+        for j, name, _, categories in self._plan:
+            column = columns[name]
+            if categories is None and column.nulls is not None:
+                within[:, j] |= column.nulls
+        if not within.all():
+            return None
+        return FeatureRows(list(range(events.rows)), ids.values.to_pylist(), event_times, raw, [])
+
+    def row(self, record: Mapping[str, Any]) -> EventRow:
         event_id = record.get(self.event_id_field)
         if not isinstance(event_id, str) or not event_id:
             raise ValidationError(f"{self.event_id_field}: missing or not a non-empty string")
@@ -251,3 +300,33 @@ class FeatureBuilder:
     def model_input(self, raw: np.ndarray) -> np.ndarray:
         """The model's float32 input: ``raw`` with nulls filled."""
         return np.where(np.isnan(raw), self.fill, raw).astype(np.float32)
+
+
+def _has_nulls(column: Column) -> bool:
+    return column.nulls is not None and bool(column.nulls.any())
+
+
+def _numbers(column: Column) -> np.ndarray | None:
+    """A numeric feature's values as float64 (any at null rows); None: not a number column."""
+    if not isinstance(column.values, np.ndarray) or column.symbols is not None:
+        return None
+    if column.values.dtype.kind not in "fi":
+        return None  # booleans are not numbers here, as on the careful path
+    return column.values.astype(np.float64, copy=False)
+
+
+def _codes(column: Column, categories: dict[str, float]) -> np.ndarray | None:
+    """A categorical feature's codes (NaN at null rows); None: an unknown category or
+    values that are not strings."""
+    if column.symbols is not None:
+        lookup = np.array([categories.get(s, np.nan) for s in column.symbols], dtype=np.float64)
+        codes = lookup[column.values]
+    elif isinstance(column.values, pa.Array) and pa.types.is_large_string(column.values.type):
+        found = [categories.get(v) for v in column.values.to_pylist()]
+        codes = np.array([np.nan if c is None else c for c in found], dtype=np.float64)
+    else:
+        return None
+    unknown = np.isnan(codes)
+    if column.nulls is not None:
+        unknown &= ~column.nulls
+    return None if unknown.any() else codes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from stream.models.key import ModelKey
 from stream.models.runtime import Prediction
 from stream.quality.logbatch import PredictionLogBatch
 from stream.serde import Serde, SerdeContext
+from stream.serde.columnar import take
 from stream.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,22 @@ class EngineSerdes:
     review: Serde
 
 
-# (record, decoded event, variant) of one event on its way to a model.
-Routed = tuple[Record, dict[str, Any], str]
+@dataclass
+class Routed:
+    """Events on their way to one model version: record i was decoded as event i and
+    goes to the model as variant i."""
+
+    records: list[Record]
+    events: Sequence[Mapping[str, Any]]  # decoded columns (EventColumns) or dicts
+    variants: list[str]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def take(self, index: list[int], variant: str | None = None) -> Routed:
+        """The events at ``index``, in that order (all as ``variant`` where given)."""
+        variants = [self.variants[i] for i in index] if variant is None else [variant] * len(index)
+        return Routed([self.records[i] for i in index], take(self.events, index), variants)
 
 
 class CpuLedger:
@@ -142,45 +157,65 @@ class BatchScorer:
 
     def score(self, records: list[Record]) -> None:
         runtime = self.runtime
-        groups: dict[ModelKey, list[Routed]] = {}
-        decoded: list[tuple[Record, dict[str, Any]]] = []
-        deserialize, ctx = self.serdes.events.deserialize, self._events_ctx
         limit = self.pipeline.input.max_event_bytes
+        kept: list[Record] = []
+        payloads: list[bytes] = []
         for record in records:
             value = record.value()
-            try:
-                if not value:
-                    raise ValueDecodeError("empty payload")
-                if len(value) > limit:
-                    raise ValidationError(
-                        f"payload of {len(value)} bytes exceeds input.max_event_bytes={limit}"
-                    )
-                decoded.append((record, deserialize(value, ctx)))
-            except EventError as exc:
-                exc.ctx = _context(record)
-                self.dead_letter(record, exc)
-        only = runtime.router.only
-        if only is not None:
-            if decoded:
-                model, variant = only
-                groups[model] = [(record, event, variant) for record, event in decoded]
-        else:
-            id_field = self.pipeline.input.event_id_field
-            route = runtime.router.route
-            for record, event in decoded:
-                key = record.key() or str(event.get(id_field, "")).encode()
-                model, variant = route(key, event)
-                groups.setdefault(model, []).append((record, event, variant))
+            if value and len(value) <= limit:
+                kept.append(record)
+                payloads.append(value)
+                continue
+            error: EventError = ValueDecodeError("empty payload")
+            if value:
+                error = ValidationError(
+                    f"payload of {len(value)} bytes exceeds input.max_event_bytes={limit}"
+                )
+            error.ctx = _context(record)
+            self.dead_letter(record, error)
+        events, failures = self.serdes.events.deserialize_many(payloads, self._events_ctx)
+        if failures:
+            failed = {i for i, _ in failures}
+            for i, exc in failures:
+                exc.ctx = _context(kept[i])
+                self.dead_letter(kept[i], exc)
+            kept = [record for i, record in enumerate(kept) if i not in failed]
         self.counters.consumed += len(records)
         self.counters.batches += 1
-        for model, routed in groups.items():
-            self._score_group(runtime, runtime.models[model], routed, shadow=False)
-        for shadow in runtime.snapshot.shadows:
-            routed = [(record, event, "shadow") for record, event in decoded]
-            self._score_group(runtime, runtime.models[shadow], routed, shadow=True)
+        if kept:
+            self._route(runtime, kept, events)
         self._attribute_cpu(runtime)
         for message in self.log.drain():
             self.writer.produce(self.pipeline.log_topic, message)
+
+    def _route(
+        self, runtime: Runtime, kept: list[Record], events: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Score each decoded event with the version it is routed to, and the shadows."""
+        only = runtime.router.only
+        if only is not None:
+            model, variant = only
+            groups = {model: Routed(kept, events, [variant] * len(kept))}
+        else:
+            id_field = self.pipeline.input.event_id_field
+            route = runtime.router.route
+            chosen: dict[ModelKey, tuple[list[int], list[str]]] = {}
+            for i, record in enumerate(kept):
+                event = events[i]
+                key = record.key() or str(event.get(id_field, "")).encode()
+                model, variant = route(key, event)
+                index, variants = chosen.setdefault(model, ([], []))
+                index.append(i)
+                variants.append(variant)
+            groups = {
+                model: Routed([kept[i] for i in index], take(events, index), variants)
+                for model, (index, variants) in chosen.items()
+            }
+        for model, routed in groups.items():
+            self._score_group(runtime, runtime.models[model], routed, shadow=False)
+        for shadow in runtime.snapshot.shadows:
+            routed = Routed(kept, events, ["shadow"] * len(kept))
+            self._score_group(runtime, runtime.models[shadow], routed, shadow=True)
 
     def _attribute_cpu(self, runtime: Runtime) -> None:
         """Share the CPU time since the last batch among the versions that scored, by events.
@@ -199,20 +234,20 @@ class BatchScorer:
                 self.accumulator(serving).window(now_ms).cpu_seconds += spent * n / total
 
     def _score_group(
-        self, runtime: Runtime, serving: ServingModel, routed: list[Routed], shadow: bool
+        self, runtime: Runtime, serving: ServingModel, routed: Routed, shadow: bool
     ) -> None:
-        rows = serving.features.rows([event for _, event, _ in routed])
+        rows = serving.features.rows(routed.events)
         if rows.rejected:
             for i, exc in rows.rejected:
                 if shadow:  # a shadow skips what it cannot read; the event was scored
                     continue
-                record = routed[i][0]
+                record = routed.records[i]
                 exc.ctx = _context(record)
                 self.dead_letter(record, exc)
                 if isinstance(exc, UnknownCategory):
                     stats = self.accumulator(serving).window(int(self._clock() * 1000))
                     stats.unseen[exc.feature] += 1
-            routed = [routed[i] for i in rows.accepted]
+            routed = routed.take(rows.accepted)
         if not routed:
             return
         model_input = serving.features.model_input(rows.raw)
@@ -230,53 +265,54 @@ class BatchScorer:
         self,
         runtime: Runtime,
         serving: ServingModel,
-        routed: list[Routed],
+        routed: Routed,
         rows: FeatureRows,
         model_input: np.ndarray,
         shadow: bool,
     ) -> None:
         """After a failed batch: score one by one; failures go to the fallback or dead letter."""
-        failed: list[Routed] = []
+        failed: list[int] = []
         errors: list[str] = []
-        for i, item in enumerate(routed):
+        for i in range(len(routed)):
             started = time.perf_counter()
             try:
                 prediction = serving.model.predict(model_input[i : i + 1])
             except Exception as exc:
-                failed.append(item)
+                failed.append(i)
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             inference_ms = (time.perf_counter() - started) * 1000.0
-            self._emit(serving, [item], rows.take(i), prediction, inference_ms, shadow)
+            self._emit(serving, routed.take([i]), rows.take(i), prediction, inference_ms, shadow)
         if shadow or not failed:
             return
         fallback = runtime.snapshot.fallback
         if fallback is not None and fallback != serving.key:
             self.counters.fallbacks += len(failed)
-            again = [(record, event, "fallback") for record, event, _ in failed]
+            again = routed.take(failed, variant="fallback")
             self._score_group(runtime, runtime.models[fallback], again, shadow=False)
             return
-        for (record, _, _), message in zip(failed, errors, strict=True):
+        for i, message in zip(failed, errors, strict=True):
+            record = routed.records[i]
             error = ModelError(message, _context(record), serving.key.name, serving.key.version)
             self.dead_letter(record, error)
 
     def _emit(
         self,
         serving: ServingModel,
-        routed: list[Routed],
+        routed: Routed,
         rows: FeatureRows,
         prediction: Prediction,
         inference_ms: float,
         shadow: bool,
     ) -> None:
-        """Predictions and review items; row i of ``rows`` is the event of ``routed[i]``."""
+        """Predictions and review items; row i of ``rows`` is event i of ``routed``."""
         manifest = serving.model.manifest
         labels = manifest.output.labels
         now_ms = int(self._clock() * 1000)
         threshold = self.pipeline.review_threshold
         topic = self.pipeline.shadow_topic if shadow else self.pipeline.predictions_topic
-        records = [record for record, _, _ in routed]
-        variants = [variant for _, _, variant in routed]
+        records = routed.records
+        variants = routed.variants
         keys = [record.key() for record in records]
         times = rows.event_times
         if None in times:  # no event time in the event: the record's timestamp
@@ -334,7 +370,7 @@ class BatchScorer:
                 latencies,
                 manifest.feature_names,
                 rows.raw,
-                [event for _, event, _ in routed],
+                routed.events,
             )
         acc = self.accumulator(serving)
         acc.layout.fold(

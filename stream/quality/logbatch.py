@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from stream.serde.columnar import field_values, take
 from stream.settings import PipelineConfig
 
 MAX_ROWS = 1000
@@ -116,7 +117,7 @@ class PredictionLogBatch:
         latency_ms: np.ndarray,
         feature_names: list[str],
         raw: np.ndarray,
-        events: list[dict[str, Any]],
+        events: Sequence[Mapping[str, Any]],
     ) -> None:
         """One scored group: every column has a row per event (``raw``: NaN where null)."""
         rows = len(event_ids)
@@ -128,14 +129,15 @@ class PredictionLogBatch:
             event_ids = [event_ids[i] for i in index]
             variants = [variants[i] for i in index]
             labels = [labels[i] for i in index]
-            events = [events[i] for i in index]
+            events = take(events, index.tolist())
             score, confidence = score[index], confidence[index]
             event_time_ms, latency_ms, raw = event_time_ms[index], latency_ms[index], raw[index]
             rows = len(index)
         names = feature_names if self.features else []
         values = raw.ravel() if self.features else np.empty(0)
+        segment_columns = [field_values(events, field) for field in self.segments]
         segment_values = [
-            "" if (v := e.get(field)) is None else str(v) for e in events for field in self.segments
+            "" if v is None else str(v) for row in zip(*segment_columns, strict=True) for v in row
         ]
         columns = [
             pa.array([self.pipeline] * rows, pa.string()),

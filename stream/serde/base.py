@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from stream.errors import ValueDecodeError
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,29 @@ class Serde(Protocol):
         ...
 
     def deserialize(self, data: bytes, ctx: SerdeContext) -> dict[str, Any]: ...
+
+    def deserialize_many(
+        self, payloads: Sequence[bytes], ctx: SerdeContext
+    ) -> tuple[Sequence[Mapping[str, Any]], list[tuple[int, ValueDecodeError]]]:
+        """A batch of payloads: the events of those that decode, in their order, and the
+        position and error of each that does not."""
+        ...
+
+
+def one_by_one(
+    deserialize: Callable[[bytes, SerdeContext], dict[str, Any]],
+    payloads: Sequence[bytes],
+    ctx: SerdeContext,
+) -> tuple[list[dict[str, Any]], list[tuple[int, ValueDecodeError]]]:
+    """``Serde.deserialize_many`` by calling ``deserialize`` on each payload."""
+    events: list[dict[str, Any]] = []
+    failures: list[tuple[int, ValueDecodeError]] = []
+    for i, payload in enumerate(payloads):
+        try:
+            events.append(deserialize(payload, ctx))
+        except ValueDecodeError as exc:
+            failures.append((i, exc))
+    return events, failures
 
 
 def records_of(

@@ -1,24 +1,31 @@
-"""Avro records written a column at a time: a batch's records in a few numpy passes.
+"""Avro records a batch at a time: each field of every row in a few numpy passes.
 
-The engine writes one prediction per event, and fastavro's writer costs a
-few microseconds per record, most of it walking the schema and the record
-dict. A batch's outputs arrive as columns anyway (the model scores a batch),
-so ``ColumnWriter`` encodes each field for all rows at once (varints,
-little-endian floats, length-prefixed strings) and cuts the joined buffer
-into one payload per row. The bytes are exactly fastavro's (a property test
-holds the two to the same output).
+The engine reads one event and writes one prediction per event, and fastavro
+costs a few microseconds per record either way, most of it walking the
+schema and building or reading a dict. A batch is scored as columns anyway,
+so:
 
-It covers the flat records the pipeline writes: fields of the primitive
-types, enums, ``["null", T]`` unions of those, and arrays of numbers given as
-a two-dimensional array. ``ColumnWriter.of`` returns None for any other
-schema, and the caller writes record by record.
+- ``ColumnWriter`` encodes each field for all rows at once (varints,
+  little-endian floats, length-prefixed strings) and cuts the joined buffer
+  into one payload per row: exactly fastavro's bytes.
+- ``ColumnReader`` decodes a batch of payloads into columns
+  (``EventColumns``: numpy arrays, Arrow strings). A row it cannot read
+  exactly (truncated, trailing bytes, a varint too long, text that is not
+  UTF-8, an enum index out of range) is flagged, and fastavro reads it to
+  say why.
+
+Property tests hold both to fastavro's results. They cover the flat records
+of the pipeline's topics: fields of the primitive types, enums,
+``["null", T]`` unions of those, and (written only) arrays of numbers given
+as a two-dimensional array. ``of`` returns None for any other schema, and
+the caller reads or writes record by record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +38,7 @@ _SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # the ten 7-bit groups of a 64-b
 
 
 class Unsupported(Exception):
-    """A schema or a column this writer does not take; write record by record instead."""
+    """A schema or a column this module does not take; go record by record instead."""
 
 
 @dataclass
@@ -211,7 +218,9 @@ def _nullable(encode: _Encode, null_index: int) -> _Encode:
     return encode_union
 
 
-def _field_encoder(schema: Any, named: Mapping[str, Any]) -> _Encode:
+def _shape(schema: Any, named: Mapping[str, Any]) -> tuple[str, Any]:
+    """A field's type as this module takes it: ``("nullable", (null_index, type))``,
+    ``("enum", symbols)``, ``("array", items)`` or ``(primitive, None)``."""
     if isinstance(schema, str) and schema in named:
         schema = named[schema]
     if isinstance(schema, list):
@@ -219,35 +228,44 @@ def _field_encoder(schema: Any, named: Mapping[str, Any]) -> _Encode:
             other = schema[1 - schema.index("null")]
             if isinstance(other, list) or other == "null":
                 raise Unsupported("union")
-            return _nullable(_field_encoder(other, named), schema.index("null"))
+            return "nullable", (schema.index("null"), other)
         raise Unsupported("union of more than null and one type")
     if isinstance(schema, dict):
         if "logicalType" in schema:
             raise Unsupported("logical type")
         kind = schema.get("type")
         if kind == "enum":
-            return _enum(list(schema["symbols"]))
-        if kind == "array":
-            items = schema.get("items")
-            if items in _FLOATS or items in _INTS:
-                return _array(items)
-            raise Unsupported("array of non-numbers")
+            return "enum", list(schema["symbols"])
+        if kind == "array" and (schema.get("items") in _FLOATS or schema.get("items") in _INTS):
+            return "array", schema["items"]
         if isinstance(kind, str) and set(schema) <= {"type"}:
-            return _field_encoder(kind, named)
+            return _shape(kind, named)
         raise Unsupported(str(kind))
-    if schema in _FLOATS:
-        return _floats(schema)
-    if schema in _INTS:
-        return _integers(schema)
+    if schema in (*_FLOATS, *_INTS, "string", "bytes", "boolean", "null"):
+        return schema, None
+    raise Unsupported(str(schema))
+
+
+def _field_encoder(schema: Any, named: Mapping[str, Any]) -> _Encode:
+    kind, detail = _shape(schema, named)
+    if kind == "nullable":
+        null_index, other = detail
+        return _nullable(_field_encoder(other, named), null_index)
+    if kind == "enum":
+        return _enum(detail)
+    if kind == "array":
+        return _array(detail)
+    if kind in _FLOATS:
+        return _floats(kind)
+    if kind in _INTS:
+        return _integers(kind)
     simple: dict[str, _Encode] = {
         "string": _encode_string,
         "bytes": _encode_bytes,
         "boolean": _encode_boolean,
         "null": lambda values, rows: [],
     }
-    if schema in simple:
-        return simple[schema]
-    raise Unsupported(str(schema))
+    return simple[kind]
 
 
 class ColumnWriter:
@@ -331,3 +349,301 @@ def _assemble(segments: list[_Segment], rows: int) -> list[bytes]:
         offsets += segment.lengths
     buffer = out.tobytes()
     return [buffer[a:b] for a, b in zip((ends - sizes).tolist(), ends.tolist(), strict=True)]
+
+
+# Reading: a batch of payloads decoded field by field, every row at once.
+
+
+@dataclass
+class Column:
+    """One field of a decoded batch: a value per row, None where ``nulls`` is set.
+
+    ``values`` is float64 (floats; ints when ``integer``), bool, an Arrow
+    string or binary array, or int64 symbol codes for an enum.
+    """
+
+    values: Any
+    nulls: np.ndarray | None = None
+    symbols: list[str] | None = None
+    integer: bool = False
+
+    def take(self, index: np.ndarray) -> Column:
+        values = (
+            self.values.take(pa.array(index)) if isinstance(self.values, pa.Array)
+            else self.values[index]
+        )  # fmt: skip
+        nulls = None if self.nulls is None else self.nulls[index]
+        return Column(values, nulls, self.symbols, self.integer)
+
+    def to_list(self) -> list[Any]:
+        """The column as fastavro would give it: Python values, None where null."""
+        if isinstance(self.values, pa.Array):
+            out = self.values.to_pylist()
+        elif self.symbols is not None:
+            out = [self.symbols[c] for c in self.values.tolist()]
+        else:
+            out = self.values.tolist()
+        if self.nulls is not None and self.nulls.any():
+            out = [None if null else v for v, null in zip(out, self.nulls.tolist(), strict=True)]
+        return out
+
+    def value(self, i: int) -> Any:
+        if self.nulls is not None and self.nulls[i]:
+            return None
+        if isinstance(self.values, pa.Array):
+            return self.values[i].as_py()
+        if self.symbols is not None:
+            return self.symbols[int(self.values[i])]
+        return self.values[i].item()
+
+
+class _Reading:
+    """The state of one batch being read: the joined payloads and each row's position."""
+
+    def __init__(self, payloads: Sequence[bytes]) -> None:
+        self.rows = len(payloads)
+        lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=self.rows)
+        self.ends = np.cumsum(lengths)
+        self.pos = self.ends - lengths
+        self.buf = np.frombuffer(b"".join(payloads) + bytes(16), dtype=np.uint8)
+        self.last = self.buf.size - 1
+        self.bad = np.zeros(self.rows, dtype=bool)
+
+    def gather(self, width: int) -> np.ndarray:
+        """(rows, width): the next ``width`` bytes of every row (zeros past the end)."""
+        return self.buf[np.minimum(self.pos[:, None] + np.arange(width), self.last)]
+
+    def advance(self, sizes: np.ndarray | int, active: np.ndarray | None) -> None:
+        self.pos += sizes if active is None else np.where(active, sizes, 0)
+
+    def flag(self, wrong: np.ndarray, active: np.ndarray | None) -> None:
+        self.bad |= wrong if active is None else wrong & active
+
+    def varints(self, active: np.ndarray | None) -> np.ndarray:
+        """Every row's next zig-zag varint, as int64; rows with longer than 9 bytes are bad."""
+        head = self.gather(10)
+        more = head >= 0x80
+        if not more[:, 0].any():
+            self.advance(1, active)
+            z = head[:, 0].astype(np.int64)
+            return (z >> 1) ^ -(z & 1)
+        nbytes = np.argmin(more, axis=1) + 1
+        self.flag(more.all(axis=1) | (nbytes > 9), active)
+        keep = np.arange(10) < nbytes[:, None]
+        groups = (head & 0x7F).astype(np.uint64) * keep
+        z = np.bitwise_or.reduce(groups << _SHIFTS, axis=1)
+        self.advance(nbytes, active)
+        return ((z >> np.uint64(1)) ^ (np.uint64(0) - (z & np.uint64(1)))).view(np.int64)
+
+    def blobs(self, active: np.ndarray | None, binary: bool) -> pa.Array:
+        lengths = self.varints(active)
+        if active is not None:
+            lengths = np.where(active, lengths, 0)
+        starts = self.pos.copy()
+        wrong = (lengths < 0) | (starts + lengths > self.ends)
+        self.flag(wrong, active)
+        lengths = np.where(wrong | self.bad, 0, lengths)
+        self.pos += lengths
+        offsets = np.zeros(self.rows + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        data = self.buf[np.repeat(starts - offsets[:-1], lengths) + np.arange(total)]
+        kind = pa.large_binary() if binary else pa.large_string()
+        array = pa.Array.from_buffers(
+            kind, self.rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        if not binary:
+            try:
+                array.validate(full=True)
+            except pa.ArrowInvalid:  # not UTF-8 somewhere: those rows are bad
+                self._flag_text(data, offsets)
+                lengths = np.where(self.bad, 0, lengths)
+                return self._rebuilt(data, offsets, lengths)
+        return array
+
+    def _flag_text(self, data: np.ndarray, offsets: np.ndarray) -> None:
+        raw = data.tobytes()
+        for i, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+            try:
+                raw[a:b].decode()
+            except UnicodeDecodeError:
+                self.bad[i] = True
+
+    def _rebuilt(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> pa.Array:
+        """The string array with the bad rows' strings left out (empty)."""
+        starts = offsets[:-1]
+        new = np.zeros(self.rows + 1, dtype=np.int64)
+        np.cumsum(lengths, out=new[1:])
+        kept = data[np.repeat(starts - new[:-1], lengths) + np.arange(int(new[-1]))]
+        return pa.Array.from_buffers(
+            pa.large_string(), self.rows, [None, pa.py_buffer(new), pa.py_buffer(kept)]
+        )
+
+
+_Read = Callable[[_Reading, "np.ndarray | None"], Column]
+
+
+def _read_floats(dtype: np.dtype[Any]) -> _Read:
+    def read(reading: _Reading, active: np.ndarray | None) -> Column:
+        raw = reading.gather(dtype.itemsize)
+        reading.advance(dtype.itemsize, active)
+        with np.errstate(invalid="ignore"):  # a signalling NaN stays a NaN
+            return Column(raw.view(dtype).reshape(reading.rows).astype(np.float64))
+
+    return read
+
+
+def _read_integers(kind: str) -> _Read:
+    low, high = _INTS[kind]
+
+    def read(reading: _Reading, active: np.ndarray | None) -> Column:
+        values = reading.varints(active)
+        if kind == "int":
+            reading.flag((values < low) | (values > high), active)
+        return Column(values, integer=True)
+
+    return read
+
+
+def _read_boolean(reading: _Reading, active: np.ndarray | None) -> Column:
+    raw = reading.gather(1)[:, 0]
+    reading.flag(raw > 1, active)
+    reading.advance(1, active)
+    return Column(raw == 1)
+
+
+def _read_enum(symbols: list[str]) -> _Read:
+    def read(reading: _Reading, active: np.ndarray | None) -> Column:
+        codes = reading.varints(active)
+        wrong = (codes < 0) | (codes >= len(symbols))
+        reading.flag(wrong, active)
+        return Column(np.where(wrong, 0, codes), symbols=symbols)
+
+    return read
+
+
+def _read_nullable(read: _Read, null_index: int) -> _Read:
+    def read_union(reading: _Reading, active: np.ndarray | None) -> Column:
+        branch = reading.varints(active)
+        reading.flag((branch != 0) & (branch != 1), active)
+        present = branch == 1 - null_index
+        column = read(reading, present if active is None else present & active)
+        column.nulls = ~present
+        return column
+
+    return read_union
+
+
+def _field_reader(schema: Any, named: Mapping[str, Any]) -> _Read:
+    kind, detail = _shape(schema, named)
+    if kind == "nullable":
+        null_index, other = detail
+        return _read_nullable(_field_reader(other, named), null_index)
+    if kind == "enum":
+        return _read_enum(detail)
+    if kind in _FLOATS:
+        return _read_floats(_FLOATS[kind])
+    if kind in _INTS:
+        return _read_integers(kind)
+    readers: dict[str, _Read] = {
+        "string": lambda reading, active: Column(reading.blobs(active, binary=False)),
+        "bytes": lambda reading, active: Column(reading.blobs(active, binary=True)),
+        "boolean": _read_boolean,
+    }
+    if kind not in readers:  # arrays and nulls are written, not read
+        raise Unsupported(kind)
+    return readers[kind]
+
+
+class ColumnReader:
+    """Reads a batch of payloads of one flat schema (``ColumnWriter``'s) into columns.
+
+    ``read`` flags the rows it could not read; fastavro says why (or reads
+    them after all: the checks here are stricter where in doubt).
+    """
+
+    def __init__(self, fields: list[tuple[str, _Read]]) -> None:
+        self._fields = fields
+
+    @classmethod
+    def of(cls, schema: AvroSchema) -> ColumnReader | None:
+        if schema.get("type") != "record":
+            return None
+        named = schema.get("__named_schemas", {})
+        try:
+            return cls([(f["name"], _field_reader(f["type"], named)) for f in schema["fields"]])
+        except Unsupported:
+            return None
+
+    def read(self, payloads: Sequence[bytes]) -> tuple[EventColumns, np.ndarray]:
+        """The batch's columns, and which rows are bad (their values are not to be used)."""
+        reading = _Reading(payloads)
+        columns = {name: read(reading, None) for name, read in self._fields}
+        reading.bad |= reading.pos != reading.ends
+        return EventColumns(columns, reading.rows), reading.bad
+
+
+class EventColumns(Sequence[Mapping[str, Any]]):
+    """Decoded events as columns; indexing gives a row's mapping, read from the columns."""
+
+    def __init__(self, columns: dict[str, Column], rows: int) -> None:
+        self.columns = columns
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @overload
+    def __getitem__(self, i: int) -> Mapping[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Mapping[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return self.take(np.arange(self.rows)[i])
+        if not -self.rows <= i < self.rows:
+            raise IndexError(i)
+        return EventRow(self, i % self.rows)
+
+    def take(self, index: Sequence[int] | np.ndarray) -> EventColumns:
+        positions = np.asarray(index, dtype=np.int64)
+        return EventColumns(
+            {name: c.take(positions) for name, c in self.columns.items()}, positions.size
+        )
+
+    def values(self, name: str) -> list[Any]:
+        """The field's value in every row (None where null or where there is no such field)."""
+        column = self.columns.get(name)
+        return [None] * self.rows if column is None else column.to_list()
+
+
+class EventRow(Mapping[str, Any]):
+    """One row of ``EventColumns``, read field by field as asked."""
+
+    def __init__(self, events: EventColumns, i: int) -> None:
+        self._columns = events.columns
+        self._i = i
+
+    def __getitem__(self, name: str) -> Any:
+        return self._columns[name].value(self._i)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
+def take(events: Sequence[Mapping[str, Any]], index: list[int]) -> Sequence[Mapping[str, Any]]:
+    """The events at ``index``, in that order, columns staying columns."""
+    if isinstance(events, EventColumns):
+        return events.take(index)
+    return [events[i] for i in index]
+
+
+def field_values(events: Sequence[Mapping[str, Any]], name: str) -> list[Any]:
+    """Every event's value of field ``name`` (None where null or absent)."""
+    if isinstance(events, EventColumns):
+        return events.values(name)
+    return [event.get(name) for event in events]

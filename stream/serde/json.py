@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stream.errors import ValueDecodeError
-from stream.serde.base import SerdeContext, records_of
+from stream.serde.base import SerdeContext, one_by_one, records_of
 
 
 class JsonSerde:
@@ -30,3 +30,8 @@ class JsonSerde:
         if not isinstance(obj, dict):
             raise ValueDecodeError(f"expected a JSON object, got {type(obj).__name__}")
         return obj
+
+    def deserialize_many(
+        self, payloads: Sequence[bytes], ctx: SerdeContext
+    ) -> tuple[Sequence[Mapping[str, Any]], list[tuple[int, ValueDecodeError]]]:
+        return one_by_one(self.deserialize, payloads, ctx)

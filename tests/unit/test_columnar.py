@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastavro import parse_schema, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.serde import AvroSerde, SerdeContext, load_schema
 from stream.serde.base import records_of
-from stream.serde.columnar import ColumnWriter
+from stream.serde.columnar import ColumnReader, ColumnWriter
 from stream.settings import PROJECT_ROOT
 
 CTX = SerdeContext("t")
@@ -147,3 +147,81 @@ def test_schemas_it_does_not_cover_are_written_record_by_record() -> None:
     assert ColumnWriter.of(nested) is None
     serde = AvroSerde(nested)
     assert serde.serialize_many({"inner": [{}, {}]}, {}, 2, CTX) == [b"", b""]
+
+
+def fastavro_reads(schema: dict[str, Any], payload: bytes) -> dict[str, Any] | None:
+    """The record fastavro reads from ``payload``, None where it cannot (or leaves bytes over)."""
+    buf = io.BytesIO(payload)
+    try:
+        record = schemaless_reader(buf, schema, None)
+    except Exception:
+        return None
+    return record if buf.tell() == len(payload) and isinstance(record, dict) else None
+
+
+@st.composite
+def payload_batches(draw: st.DrawFn) -> tuple[dict[str, Any], list[bytes]]:
+    """A flat schema and payloads for it, some of them damaged."""
+    schema, columns, constants, rows = draw(batches())
+    schema = parse_schema(
+        {"type": "record", "name": "R", "fields": [
+            f for f in schema["fields"]
+            if not isinstance(f["type"], dict) or f["type"].get("type") != "array"
+        ]}
+    )  # fmt: skip
+    keep = {f["name"] for f in schema["fields"]}
+    columns = {k: v for k, v in columns.items() if k in keep}
+    records = records_of(columns, {k: v for k, v in constants.items() if k in keep}, rows)
+    payloads = fastavro_payloads(schema, records)
+    for i in range(rows):
+        damage = draw(st.sampled_from(["none", "none", "cut", "extra", "flip", "random"]))
+        p = payloads[i]
+        if damage == "cut" and p:
+            p = p[: draw(st.integers(0, len(p) - 1))]
+        elif damage == "extra":
+            p = p + draw(st.binary(min_size=1, max_size=3))
+        elif damage == "flip" and p:
+            at = draw(st.integers(0, len(p) - 1))
+            p = p[:at] + bytes([draw(st.integers(0, 255))]) + p[at + 1 :]
+        elif damage == "random":
+            p = draw(st.binary(max_size=30))
+        payloads[i] = p
+    return schema, payloads
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload_batches())
+def test_rows_read_are_fastavros_and_rows_it_cannot_read_are_flagged(
+    batch: tuple[dict[str, Any], list[bytes]],
+) -> None:
+    schema, payloads = batch
+    reader = ColumnReader.of(schema)
+    assert reader is not None
+    events, bad = reader.read(payloads)
+    assert len(events) == len(payloads)
+    for i, payload in enumerate(payloads):
+        expected = fastavro_reads(schema, payload)
+        if expected is None:
+            assert bad[i], f"row {i} read though fastavro cannot: {payload!r}"
+        elif not bad[i]:
+            assert repr(dict(events[i])) == repr(expected)
+            for name in expected:
+                assert repr(events.values(name)[i]) == repr(expected[name])
+    good = np.flatnonzero(~bad)
+    subset = events.take(good)
+    for j, i in enumerate(good.tolist()):
+        assert repr(dict(subset[j])) == repr(fastavro_reads(schema, payloads[i]))
+
+
+def test_undamaged_payloads_are_all_read() -> None:
+    schema = load_schema(PROJECT_ROOT / "schemas", "payments_event.avsc")
+    serde = AvroSerde(schema)
+    from stream.demo.data import events as demo_events
+
+    records = list(demo_events(300, np.random.default_rng(5), now_ms=1_000))
+    payloads = [serde.serialize(r, CTX) for r in records]
+    reader = ColumnReader.of(schema)
+    assert reader is not None
+    events, bad = reader.read(payloads)
+    assert not bad.any()
+    assert [dict(e) for e in events] == records

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
+from fastavro import parse_schema, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +15,9 @@ from stream.demo.data import CATEGORIES, FEATURES, NUMERIC
 from stream.engine.features import MAX_EVENT_TIME_MS, FeatureBuilder
 from stream.errors import ValidationError
 from stream.models.manifest import ModelManifest
+from stream.serde import AvroSerde, SerdeContext, load_schema
+from stream.serde.columnar import EventColumns
+from stream.settings import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,7 @@ IDS: list[Any] = ["e", "", None, 7, "x" * 256, "x" * 257]
 TIMES: list[Any] = [0, 5, -1, None, 1.5, True, "5", MAX_EVENT_TIME_MS, MAX_EVENT_TIME_MS + 1, 2**64]
 
 
-def outcomes(builder: FeatureBuilder, records: list[dict[str, Any]]) -> list[Any]:
+def outcomes(builder: FeatureBuilder, records: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Per record what ``rows`` gave: (id, time, values) or the rejection's message."""
     rows = builder.rows(records)
     got: list[Any] = [None] * len(records)
@@ -178,3 +184,111 @@ def test_plain_batch_takes_the_bulk_path(builder: FeatureBuilder) -> None:
     assert bulk is not None
     assert same(outcomes(builder, records), one_by_one(builder, records))
     assert bulk.raw.flags.c_contiguous
+
+
+# Field types an Avro schema may give a field, with values of that type; each list's
+# first value is one the model takes (CATEGORY stands for the feature's first category).
+CATEGORY = object()
+NUMBER_VALUES = [0.0, -0.0, 3.5, -1.25, 3.4e38, 1e39, float("nan"), float("inf")]
+AVRO_FIELDS: dict[str, list[tuple[Any, list[Any]]]] = {
+    "numeric": [
+        ("double", NUMBER_VALUES),
+        (["null", "double"], [3.5, None, *NUMBER_VALUES]),
+        ("float", [0.5, -2.0, float("nan")]),
+        ("long", [0, -3, 2**62]),
+        ("boolean", [True, False]),
+        ("string", ["12.5", ""]),
+    ],
+    "categorical": [
+        ("enum", [CATEGORY, "web", "DE", "debit", "fax"]),
+        (["null", "enum"], [CATEGORY, None, "web", "DE", "debit", "fax"]),
+        ("string", [CATEGORY, "web", "app", "DE", "credit", "fax", ""]),
+        (["string", "null"], [CATEGORY, None, "web", "FR", "prepaid"]),
+        ("double", [1.0]),
+    ],
+    "event_id": [
+        ("string", ["e", "", "x" * 256, "x" * 257, "é" * 200]),
+        (["null", "string"], ["e2", None]),
+        ("long", [7]),
+    ],
+    "event_time": [
+        ("long", [0, 5, -1, MAX_EVENT_TIME_MS, MAX_EVENT_TIME_MS + 1]),
+        (["null", "long"], [5, None]),
+        ("int", [3]),
+        ("double", [1.5]),
+    ],
+}
+
+USABLE = {"numeric": 4, "categorical": 4, "event_id": 2, "event_time": 2}
+
+
+@st.composite
+def avro_batches(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A schema for the demo model's fields, each of some type or left out, and events:
+    each row's values drawn from its field's, or its fields' first values."""
+    fields: list[dict[str, Any]] = []
+    choices: list[tuple[str, list[Any]]] = []
+    usable = draw(st.booleans())  # every field there, of a type the model can take
+    for name in ["event_id", "event_time", *FEATURES]:
+        role = name if name in ("event_id", "event_time") else (
+            "categorical" if name in CATEGORIES else "numeric"
+        )  # fmt: skip
+        if not usable and name != "event_id" and draw(st.integers(0, 9)) == 0:
+            continue  # the field is not in the schema
+        types = AVRO_FIELDS[role][: USABLE[role]] if usable else AVRO_FIELDS[role]
+        avro_type, values = draw(st.sampled_from(types))
+        values = [CATEGORIES[name][0] if v is CATEGORY else v for v in values]
+        if "enum" in avro_type:
+            symbols = list(dict.fromkeys([*CATEGORIES[name], "web", "DE", "debit", "fax"]))
+            enum = {"type": "enum", "name": f"E_{name}", "symbols": symbols}
+            avro_type = enum if avro_type == "enum" else ["null", enum]
+        fields.append({"name": name, "type": avro_type})
+        choices.append((name, values))
+    events = []
+    for _ in range(draw(st.integers(1, 6))):
+        plain = draw(st.booleans())
+        events.append(
+            {
+                name: values[0] if plain else draw(st.sampled_from(values))
+                for name, values in choices
+            }
+        )
+    schema = parse_schema({"type": "record", "name": "Ev", "fields": fields})
+    return schema, events
+
+
+def _writable(schema: dict[str, Any], record: dict[str, Any]) -> bool:
+    try:
+        schemaless_writer(io.BytesIO(), schema, record)
+    except Exception:
+        return False
+    return True
+
+
+@given(avro_batches())
+@settings(max_examples=300, deadline=None)
+def test_events_read_as_columns_get_what_each_record_gets_alone(
+    builder: FeatureBuilder, batch: tuple[dict[str, Any], list[dict[str, Any]]]
+) -> None:
+    schema, records = batch
+    records = [r for r in records if _writable(schema, r)]
+    serde = AvroSerde(schema)
+    ctx = SerdeContext("t")
+    events, failures = serde.deserialize_many([serde.serialize(r, ctx) for r in records], ctx)
+    assert failures == []
+    decoded = [serde.deserialize(serde.serialize(r, ctx), ctx) for r in records]
+    assert same(outcomes(builder, events), one_by_one(builder, decoded))
+
+
+def test_plain_events_read_as_columns_take_the_column_path(builder: FeatureBuilder) -> None:
+    serde = AvroSerde(load_schema(PROJECT_ROOT / "schemas", "payments_event.avsc"))
+    ctx = SerdeContext("t")
+    records = [
+        event(event_id=f"e{i}", distance_from_home_km=None if i % 3 else 1.5,
+              device_age_days=None if i % 2 else 3.0)
+        for i in range(50)
+    ]  # fmt: skip
+    events, _ = serde.deserialize_many([serde.serialize(r, ctx) for r in records], ctx)
+    assert isinstance(events, EventColumns)
+    assert builder._columns(events) is not None
+    assert same(outcomes(builder, events), one_by_one(builder, records))
