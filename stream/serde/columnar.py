@@ -23,12 +23,15 @@ the caller reads or writes record by record.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import pyarrow as pa
+from fastavro import parse_schema, schemaless_writer
+from fastavro.schema import expand_schema
 
 AvroSchema = dict[str, Any]
 
@@ -277,8 +280,8 @@ class ColumnWriter:
     payload (the Confluent wire header with a registry).
     """
 
-    def __init__(self, fields: list[tuple[str, _Encode]], header: bytes) -> None:
-        self._fields = fields
+    def __init__(self, fields: list[tuple[str, _Encode, AvroSchema]], header: bytes) -> None:
+        self._fields = fields  # name, column encoder, a record of that field alone
         self._header = header
 
     @classmethod
@@ -287,8 +290,16 @@ class ColumnWriter:
         if schema.get("type") != "record":
             return None
         named = schema.get("__named_schemas", {})
+        expanded = cast(AvroSchema, expand_schema(schema))["fields"]
+        fields: list[tuple[str, _Encode, AvroSchema]] = []
         try:
-            fields = [(f["name"], _field_encoder(f["type"], named)) for f in schema["fields"]]
+            for field, whole in zip(schema["fields"], expanded, strict=True):
+                alone = {"name": field["name"], "type": whole["type"]}
+                record = cast(
+                    AvroSchema,
+                    parse_schema({"type": "record", "name": "_field", "fields": [alone]}),
+                )
+                fields.append((field["name"], _field_encoder(field["type"], named), record))
         except Unsupported:
             return None
         return cls(fields, header)
@@ -301,19 +312,19 @@ class ColumnWriter:
         if rows == 0:
             return []
         segments: list[_Segment] = []
-        if self._header:
-            segments.append(_constant(self._header, rows))
-        for name, encode in self._fields:
-            if name in columns:
-                segments += encode(columns[name], rows)
-            else:
-                row = encode([constants[name]], 1)
-                segments += [_constant(_one_row(part), rows) for part in row]
+        same = io.BytesIO()  # the bytes every row has here: header, constant fields
+        same.write(self._header)
+        for name, encode, alone in self._fields:
+            if name not in columns:
+                schemaless_writer(same, alone, {name: constants[name]})
+                continue
+            if same.tell():
+                segments.append(_constant(same.getvalue(), rows))
+                same = io.BytesIO()
+            segments += encode(columns[name], rows)
+        if same.tell():
+            segments.append(_constant(same.getvalue(), rows))
         return _assemble(segments, rows)
-
-
-def _one_row(segment: _Segment) -> bytes:
-    return np.asarray(segment.data).reshape(-1).tobytes()
 
 
 def _assemble(segments: list[_Segment], rows: int) -> list[bytes]:
@@ -400,18 +411,20 @@ class Column:
 class _Reading:
     """The state of one batch being read: the joined payloads and each row's position."""
 
-    def __init__(self, payloads: Sequence[bytes]) -> None:
+    def __init__(self, payloads: Sequence[bytes], widest: int) -> None:
         self.rows = len(payloads)
         lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=self.rows)
         self.ends = np.cumsum(lengths)
         self.pos = self.ends - lengths
-        self.buf = np.frombuffer(b"".join(payloads) + bytes(16), dtype=np.uint8)
-        self.last = self.buf.size - 1
+        # Zeros after the last payload: every gather has its width of bytes to read.
+        self.buf = np.frombuffer(b"".join(payloads) + bytes(widest), dtype=np.uint8)
         self.bad = np.zeros(self.rows, dtype=bool)
 
     def gather(self, width: int) -> np.ndarray:
-        """(rows, width): the next ``width`` bytes of every row (zeros past the end)."""
-        return self.buf[np.minimum(self.pos[:, None] + np.arange(width), self.last)]
+        """(rows, width): the next ``width`` bytes of every row (from the buffer's end
+        where a row would run past it: such a row is bad anyway)."""
+        windows = np.lib.stride_tricks.sliding_window_view(self.buf, width)
+        return windows[np.minimum(self.pos, self.buf.size - width)]
 
     def advance(self, sizes: np.ndarray | int, active: np.ndarray | None) -> None:
         self.pos += sizes if active is None else np.where(active, sizes, 0)
@@ -420,7 +433,7 @@ class _Reading:
         self.bad |= wrong if active is None else wrong & active
 
     def varints(self, active: np.ndarray | None) -> np.ndarray:
-        """Every row's next zig-zag varint, as int64; rows with longer than 9 bytes are bad."""
+        """Every row's next zig-zag varint, as int64; one beyond 64 bits makes its row bad."""
         head = self.gather(10)
         more = head >= 0x80
         if not more[:, 0].any():
@@ -428,7 +441,8 @@ class _Reading:
             z = head[:, 0].astype(np.int64)
             return (z >> 1) ^ -(z & 1)
         nbytes = np.argmin(more, axis=1) + 1
-        self.flag(more.all(axis=1) | (nbytes > 9), active)
+        # Ten bytes at most, and the tenth holds bit 63 alone: anything else overflows.
+        self.flag(more.all(axis=1) | ((nbytes == 10) & (head[:, 9] > 1)), active)
         keep = np.arange(10) < nbytes[:, None]
         groups = (head & 0x7F).astype(np.uint64) * keep
         z = np.bitwise_or.reduce(groups << _SHIFTS, axis=1)
@@ -562,25 +576,60 @@ class ColumnReader:
     them after all: the checks here are stricter where in doubt).
     """
 
-    def __init__(self, fields: list[tuple[str, _Read]]) -> None:
-        self._fields = fields
+    def __init__(self, steps: list[tuple[list[str], _Read | list[np.dtype[Any]]]]) -> None:
+        # Each step reads one field, or a run of float fields (fixed width) in one gather.
+        self._steps = steps
+        self._widest = max(
+            [10] + [sum(d.itemsize for d in s) for _, s in steps if isinstance(s, list)]
+        )
 
     @classmethod
     def of(cls, schema: AvroSchema) -> ColumnReader | None:
         if schema.get("type") != "record":
             return None
         named = schema.get("__named_schemas", {})
+        steps: list[tuple[list[str], _Read | list[np.dtype[Any]]]] = []
         try:
-            return cls([(f["name"], _field_reader(f["type"], named)) for f in schema["fields"]])
+            for field in schema["fields"]:
+                kind, _ = _shape(field["type"], named)
+                last = steps[-1] if steps else None
+                if kind in _FLOATS and last is not None and isinstance(last[1], list):
+                    last[0].append(field["name"])
+                    last[1].append(_FLOATS[kind])
+                elif kind in _FLOATS:
+                    steps.append(([field["name"]], [_FLOATS[kind]]))
+                else:
+                    steps.append(([field["name"]], _field_reader(field["type"], named)))
         except Unsupported:
             return None
+        return cls(steps)
 
     def read(self, payloads: Sequence[bytes]) -> tuple[EventColumns, np.ndarray]:
         """The batch's columns, and which rows are bad (their values are not to be used)."""
-        reading = _Reading(payloads)
-        columns = {name: read(reading, None) for name, read in self._fields}
+        reading = _Reading(payloads, self._widest)
+        columns: dict[str, Column] = {}
+        for names, step in self._steps:
+            if isinstance(step, list):
+                columns.update(zip(names, _read_float_run(reading, step), strict=True))
+            else:
+                columns[names[0]] = step(reading, None)
         reading.bad |= reading.pos != reading.ends
         return EventColumns(columns, reading.rows), reading.bad
+
+
+def _read_float_run(reading: _Reading, dtypes: list[np.dtype[Any]]) -> list[Column]:
+    """Neighbouring float fields, every row's bytes for them gathered at once."""
+    width = sum(d.itemsize for d in dtypes)
+    raw = reading.gather(width)
+    reading.advance(width, None)
+    columns = []
+    at = 0
+    with np.errstate(invalid="ignore"):  # a signalling NaN stays a NaN
+        for dtype in dtypes:
+            part = np.ascontiguousarray(raw[:, at : at + dtype.itemsize])
+            columns.append(Column(part.view(dtype).reshape(reading.rows).astype(np.float64)))
+            at += dtype.itemsize
+    return columns
 
 
 class EventColumns(Sequence[Mapping[str, Any]]):

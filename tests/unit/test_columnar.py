@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.serde import AvroSerde, SerdeContext, load_schema
+from stream.serde.avro import COLUMNS_FROM
 from stream.serde.base import records_of
 from stream.serde.columnar import ColumnReader, ColumnWriter
 from stream.settings import PROJECT_ROOT
@@ -101,37 +102,41 @@ def test_payloads_are_fastavros(batch: tuple[dict[str, Any], dict[str, Any], Any
 def test_predictions_with_a_registry_header_are_fastavros() -> None:
     schema = load_schema(PROJECT_ROOT / "schemas", "prediction.avsc")
     serde = AvroSerde(schema, registry=None, schema_id=42)
+    rows = COLUMNS_FROM
     rng = np.random.default_rng(3)
-    probabilities = rng.random((5, 2))
+    probabilities = rng.random((rows, 2))
     columns = {
-        "event_id": [f"e-{i}" for i in range(5)],
-        "key": [None, b"k1", b"k2", None, b"k4"],
-        "variant": ["main"] * 5,
-        "label": ["legit", "fraud", "legit", "legit", "fraud"],
+        "event_id": [f"e-{i}" for i in range(rows)],
+        "key": [None if i % 3 else f"k{i}".encode() for i in range(rows)],
+        "variant": ["main"] * rows,
+        "label": [["legit", "fraud"][i % 2] for i in range(rows)],
         "score": probabilities[:, 1],
         "probabilities": probabilities,
         "confidence": probabilities.max(axis=1),
-        "event_time": np.array([0, 1, 2**40, 63, 64]),
-        "latency_ms": rng.random(5),
+        "event_time": rng.integers(0, 2**40, rows),
+        "latency_ms": rng.random(rows),
     }
     constants = {
         "pipeline": "p", "model_name": "m", "model_version": "1", "scored_time": 7,
         "inference_ms": 0.5,
     }  # fmt: skip
-    payloads = serde.serialize_many(columns, constants, 5, CTX)
-    records = records_of(columns, constants, 5)
+    payloads = serde.serialize_many(columns, constants, rows, CTX)
+    records = records_of(columns, constants, rows)
     assert payloads == [serde.serialize(r, CTX) for r in records]
     assert payloads[0][:5] == b"\x00\x00\x00\x00\x2a"
 
 
-def test_what_it_cannot_write_goes_to_fastavro_which_says_what_is_wrong() -> None:
+@pytest.mark.parametrize("rows", [2, COLUMNS_FROM])
+def test_what_it_cannot_write_goes_to_fastavro_which_says_what_is_wrong(rows: int) -> None:
     schema = parse_schema(
         {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}
     )
     serde = AvroSerde(schema)
-    assert serde.serialize_many({"s": ["x", "y"]}, {}, 2, CTX) == [b"\x02x", b"\x02y"]
+    texts = [f"x{i}" for i in range(rows)]
+    expected = [serde.serialize({"s": t}, CTX) for t in texts]
+    assert serde.serialize_many({"s": texts}, {}, rows, CTX) == expected
     with pytest.raises((TypeError, ValueError, AttributeError)):
-        serde.serialize_many({"s": ["x", None]}, {}, 2, CTX)
+        serde.serialize_many({"s": [*texts[1:], None]}, {}, rows, CTX)
 
 
 def test_schemas_it_does_not_cover_are_written_record_by_record() -> None:
@@ -145,8 +150,11 @@ def test_schemas_it_does_not_cover_are_written_record_by_record() -> None:
         }
     )
     assert ColumnWriter.of(nested) is None
+    assert ColumnReader.of(nested) is None
     serde = AvroSerde(nested)
-    assert serde.serialize_many({"inner": [{}, {}]}, {}, 2, CTX) == [b"", b""]
+    rows = COLUMNS_FROM
+    assert serde.serialize_many({"inner": [{}] * rows}, {}, rows, CTX) == [b""] * rows
+    assert serde.deserialize_many([b""] * rows, CTX) == ([{"inner": {}}] * rows, [])
 
 
 def fastavro_reads(schema: dict[str, Any], payload: bytes) -> dict[str, Any] | None:
