@@ -92,15 +92,17 @@ class FeatureBuilder:
 
         A batch of plain values (non-empty string ids, epoch integers for
         times, in-range numbers, known categories, nulls where allowed) is
-        checked and converted a column at a time in C; a batch with anything
-        else goes through ``row`` one record at a time, which gives each
-        rejected record its reason.
+        checked and converted a column at a time in C (on the decoded
+        columns themselves for ``EventColumns``); a batch with anything else
+        goes through ``row`` one record at a time, which gives each rejected
+        record its reason.
         """
-        if isinstance(records, EventColumns):
-            bulk = self._columns(records) if records.rows else None
-        elif records:
-            bulk = self._bulk(records)
-        if records and bulk is not None:
+        bulk = None
+        if records:
+            bulk = (
+                self._columns(records) if isinstance(records, EventColumns) else self._bulk(records)
+            )
+        if bulk is not None:
             return bulk
         accepted: list[int] = []
         event_ids: list[str] = []

@@ -369,8 +369,8 @@ def _assemble(segments: list[_Segment], rows: int) -> list[bytes]:
 class Column:
     """One field of a decoded batch: a value per row, None where ``nulls`` is set.
 
-    ``values`` is float64 (floats; ints when ``integer``), bool, an Arrow
-    string or binary array, or int64 symbol codes for an enum.
+    ``values`` is float64 (floats), int64 (ints: ``integer``), bool, an
+    Arrow string or binary array, or int64 symbol codes for an enum.
     """
 
     values: Any

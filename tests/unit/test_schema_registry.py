@@ -14,6 +14,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from stream.demo.data import events
 from stream.produce import event_serde
 from stream.serde import SerdeContext
+from stream.serde.avro import COLUMNS_FROM
+from stream.serde.base import records_of
+from stream.serde.columnar import EventColumns
 from stream.settings import PROJECT_ROOT, PipelineConfig, Settings
 from stream.worker import build_serdes
 
@@ -95,3 +98,46 @@ def test_the_producer_writes_what_the_pipeline_reads_through_the_registry(
     assert reader.deserialize(wire, SerdeContext("payments.events")) == event
     ctx = SerializationContext("payments.events", MessageField.VALUE)
     assert AvroDeserializer(client)(wire, ctx) == event, "and any Confluent consumer"
+
+
+def test_a_batch_through_the_registry_is_read_a_column_at_a_time_only_in_the_readers_schema(
+    tmp_path: Path,
+) -> None:
+    client = registry("batches")
+    serdes = build_serdes(Settings(home=tmp_path), PIPELINE, client)
+    ctx = SerializationContext("payments.events", MessageField.VALUE)
+    on_topic = SerdeContext("payments.events")
+    batch = list(events(COLUMNS_FROM, np.random.default_rng(2), now_ms=1_000))
+    current = (SCHEMAS / "payments_event.avsc").read_text()
+    older = [{k: v for k, v in e.items() if k != "device_age_days"} for e in batch]
+    written = {
+        "current": [AvroSerializer(client, current)(e, ctx) for e in batch],
+        "older": [AvroSerializer(client, OLDER)(e, ctx) for e in older],
+    }
+    read, failures = serdes.events.deserialize_many(written["current"], on_topic)
+    assert isinstance(read, EventColumns), "written with the reader's schema: columns"
+    assert ([dict(e) for e in read], failures) == (batch, [])
+    read, failures = serdes.events.deserialize_many(written["older"], on_topic)
+    assert not isinstance(read, EventColumns), "another writer schema: resolved per record"
+    assert (list(read), failures) == ([{**e, "device_age_days": None} for e in batch], [])
+    mixed = written["current"][:-1] + written["older"][-1:]
+    read, _ = serdes.events.deserialize_many(mixed, on_topic)
+    assert list(read) == [*batch[:-1], {**batch[-1], "device_age_days": None}]
+
+    columns = {
+        "event_id": [e["event_id"] for e in batch], "key": [None] * len(batch),
+        "variant": ["champion"] * len(batch), "label": ["fraud"] * len(batch),
+        "score": np.full(len(batch), 0.9), "probabilities": np.tile([0.1, 0.9], (len(batch), 1)),
+        "confidence": np.full(len(batch), 0.9), "event_time": np.arange(len(batch)),
+        "latency_ms": np.ones(len(batch)),
+    }  # fmt: skip
+    constants = {
+        "pipeline": "payments", "model_name": "m", "model_version": "1", "scored_time": 2,
+        "inference_ms": 0.01,
+    }  # fmt: skip
+    wires = serdes.predictions.serialize_many(
+        columns, constants, len(batch), SerdeContext("payments.predictions")
+    )
+    reader = AvroDeserializer(client)
+    at = SerializationContext("payments.predictions", MessageField.VALUE)
+    assert [reader(w, at) for w in wires] == records_of(columns, constants, len(batch))
