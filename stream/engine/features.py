@@ -177,11 +177,7 @@ class FeatureBuilder:
             raw = np.ascontiguousarray(np.array(converted, dtype=np.float64).T)
         except OverflowError:
             return None
-        within = np.abs(raw) <= FLOAT32_MAX  # false for NaN and infinity too
-        within[:, self._categorical] = True  # codes or NaN for a null, checked above
-        for j, mask in nulls:
-            within[:, j] |= mask
-        if not within.all():
+        if not self._in_range(raw, nulls):
             return None
         return FeatureRows(list(range(len(records))), event_ids, event_times, raw, [])
 
@@ -219,15 +215,23 @@ class FeatureBuilder:
                 assert column.nulls is not None
                 values = np.where(column.nulls, np.nan, values)
             raw[:, j] = values
-        within = np.abs(raw) <= FLOAT32_MAX  # false for NaN and infinity too
-        within[:, self._categorical] = True  # codes, or NaN for a null (checked above)
-        for j, name, _, categories in self._plan:
-            column = columns[name]
-            if categories is None and column.nulls is not None:
-                within[:, j] |= column.nulls
-        if not within.all():
+        nulls = [
+            (j, columns[name].nulls)
+            for j, name, _, categories in self._plan
+            if categories is None and columns[name].nulls is not None
+        ]
+        if not self._in_range(raw, nulls):
             return None
         return FeatureRows(list(range(events.rows)), ids.values.to_pylist(), event_times, raw, [])
+
+    def _in_range(self, raw: np.ndarray, nulls: Sequence[tuple[int, Any]]) -> bool:
+        """Every number within float32's range, but where ``nulls`` (feature, mask) says
+        the value was null; categorical columns hold codes, or NaN for a checked null."""
+        within = np.abs(raw) <= FLOAT32_MAX  # false for NaN and infinity too
+        within[:, self._categorical] = True
+        for j, mask in nulls:
+            within[:, j] |= mask
+        return bool(within.all())
 
     def row(self, record: Mapping[str, Any]) -> EventRow:
         event_id = record.get(self.event_id_field)

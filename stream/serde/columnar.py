@@ -458,10 +458,7 @@ class _Reading:
         self.flag(wrong, active)
         lengths = np.where(wrong | self.bad, 0, lengths)
         self.pos += lengths
-        offsets = np.zeros(self.rows + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        total = int(offsets[-1])
-        data = self.buf[np.repeat(starts - offsets[:-1], lengths) + np.arange(total)]
+        offsets, data = _compact(self.buf, starts, lengths)
         kind = pa.large_binary() if binary else pa.large_string()
         array = pa.Array.from_buffers(
             kind, self.rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
@@ -469,10 +466,12 @@ class _Reading:
         if not binary:
             try:
                 array.validate(full=True)
-            except pa.ArrowInvalid:  # not UTF-8 somewhere: those rows are bad
+            except pa.ArrowInvalid:  # not UTF-8 somewhere: those rows are bad, left empty
                 self._flag_text(data, offsets)
-                lengths = np.where(self.bad, 0, lengths)
-                return self._rebuilt(data, offsets, lengths)
+                kept, text = _compact(data, offsets[:-1], np.where(self.bad, 0, lengths))
+                return pa.Array.from_buffers(
+                    kind, self.rows, [None, pa.py_buffer(kept), pa.py_buffer(text)]
+                )
         return array
 
     def _flag_text(self, data: np.ndarray, offsets: np.ndarray) -> None:
@@ -483,15 +482,16 @@ class _Reading:
             except UnicodeDecodeError:
                 self.bad[i] = True
 
-    def _rebuilt(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> pa.Array:
-        """The string array with the bad rows' strings left out (empty)."""
-        starts = offsets[:-1]
-        new = np.zeros(self.rows + 1, dtype=np.int64)
-        np.cumsum(lengths, out=new[1:])
-        kept = data[np.repeat(starts - new[:-1], lengths) + np.arange(int(new[-1]))]
-        return pa.Array.from_buffers(
-            pa.large_string(), self.rows, [None, pa.py_buffer(new), pa.py_buffer(kept)]
-        )
+
+def _compact(
+    source: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slices ``source[starts[i] : starts[i] + lengths[i]]`` back to back, and the
+    offsets of each in that buffer (Arrow's layout of a string or binary array)."""
+    offsets = np.zeros(starts.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = source[np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))]
+    return offsets, data
 
 
 _Read = Callable[[_Reading, "np.ndarray | None"], Column]

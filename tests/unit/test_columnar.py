@@ -233,3 +233,16 @@ def test_undamaged_payloads_are_all_read() -> None:
     events, bad = reader.read(payloads)
     assert not bad.any()
     assert [dict(e) for e in events] == records
+
+
+def test_a_string_that_is_not_utf8_flags_its_row_only() -> None:
+    schema = parse_schema(
+        {"type": "record", "name": "R", "fields": [
+            {"name": "s", "type": "string"}, {"name": "n", "type": "long"},
+        ]}
+    )  # fmt: skip
+    reader = ColumnReader.of(schema)
+    assert reader is not None
+    events, bad = reader.read([b"\x04ab\x02", b"\x04\xff\xfe\x04", b"\x06xyz\x06"])
+    assert bad.tolist() == [False, True, False]
+    assert [dict(events[i]) for i in (0, 2)] == [{"s": "ab", "n": 1}, {"s": "xyz", "n": 3}]
