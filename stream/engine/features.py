@@ -185,7 +185,9 @@ class FeatureBuilder:
         """``_bulk`` for events decoded as columns: the same checks, on the arrays."""
         columns = events.columns
         ids = columns.get(self.event_id_field)
-        if ids is None or not isinstance(ids.values, pa.Array) or _has_nulls(ids):
+        if ids is None or not isinstance(ids.values, pa.Array):
+            return None
+        if ids.nulls is not None and ids.nulls.any():
             return None
         if not pa.types.is_large_string(ids.values.type):
             return None
@@ -202,6 +204,7 @@ class FeatureBuilder:
                 return None
             event_times = times.to_list()
         raw = np.empty((events.rows, len(self._plan)), dtype=np.float64)
+        nulls: list[tuple[int, np.ndarray]] = []
         for j, name, nullable, categories in self._plan:
             column = columns.get(name)
             if column is None:
@@ -209,17 +212,13 @@ class FeatureBuilder:
             values = _numbers(column) if categories is None else _codes(column, categories)
             if values is None:
                 return None
-            if _has_nulls(column):
+            if column.nulls is not None and column.nulls.any():
                 if not nullable:
                     return None
-                assert column.nulls is not None
                 values = np.where(column.nulls, np.nan, values)
+                if categories is None:
+                    nulls.append((j, column.nulls))
             raw[:, j] = values
-        nulls = [
-            (j, columns[name].nulls)
-            for j, name, _, categories in self._plan
-            if categories is None and columns[name].nulls is not None
-        ]
         if not self._in_range(raw, nulls):
             return None
         return FeatureRows(list(range(events.rows)), ids.values.to_pylist(), event_times, raw, [])
@@ -306,10 +305,6 @@ class FeatureBuilder:
     def model_input(self, raw: np.ndarray) -> np.ndarray:
         """The model's float32 input: ``raw`` with nulls filled."""
         return np.where(np.isnan(raw), self.fill, raw).astype(np.float32)
-
-
-def _has_nulls(column: Column) -> bool:
-    return column.nulls is not None and bool(column.nulls.any())
 
 
 def _numbers(column: Column) -> np.ndarray | None:

@@ -352,7 +352,7 @@ class BatchScorer:
             low = np.flatnonzero(prediction.confidence < threshold).tolist()
             reviews = len(low)
             if low:
-                self._review([records[i] for i in low], columns, constants, low, threshold)
+                self._review(records, columns, constants, low, threshold)
         self.writer.produce_all(topic, values, keys)
         self._scored[serving.key] = self._scored.get(serving.key, 0) + len(routed)
         if self.log.enabled:
@@ -398,7 +398,8 @@ class BatchScorer:
         low: list[int],
         threshold: float,
     ) -> None:
-        """Review items of the predictions at ``low``, whose records are ``records``."""
+        """Review items of the predictions at ``low`` (of ``records``, ``predictions``)."""
+        records = [records[i] for i in low]
         columns = {
             "event_id": [predictions["event_id"][i] for i in low],
             "label": [predictions["label"][i] for i in low],

@@ -56,7 +56,7 @@ class _Segment:
     width: int | None = None
     lengths: np.ndarray | None = None
 
-    def sizes(self, rows: int) -> np.ndarray | int:
+    def sizes(self) -> np.ndarray | int:
         if self.width is not None:
             return self.width
         assert self.lengths is not None
@@ -213,7 +213,7 @@ def _nullable(encode: _Encode, null_index: int) -> _Encode:
             return segments
         for part in encode([values[i] for i in present], present.size):
             lengths = np.zeros(rows, dtype=np.int64)
-            sizes = part.sizes(present.size)
+            sizes = part.sizes()
             lengths[present] = sizes
             segments.append(_Segment(part.data.reshape(-1), lengths=lengths))
         return segments
@@ -340,7 +340,7 @@ def _assemble(segments: list[_Segment], rows: int) -> list[bytes]:
             merged.append(segment)
     sizes = np.zeros(rows, dtype=np.int64)
     for segment in merged:
-        sizes += segment.sizes(rows)
+        sizes += segment.sizes()
     ends = np.cumsum(sizes)
     offsets = ends - sizes  # where the next part of each row goes
     out = np.empty(int(ends[-1]), dtype=np.uint8)
