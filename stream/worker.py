@@ -42,6 +42,27 @@ def build_serdes(
     )
 
 
+class Worker(faust.Worker):
+    """faust's worker, for which a stop signal during start-up is a stop, not a failure.
+
+    A SIGTERM while faust is still starting stops the services it is starting,
+    and the start-up can then trip over what the stop cancelled (mode's
+    stampede guard around topic creation sets the result of a future the stop
+    cancelled: ``InvalidStateError``). The stop itself goes on as usual (the
+    engines checkpoint); without this the process exited 1 for a stop it was
+    asked for.
+    """
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except Exception as exc:
+            # faust's own flag for "a signal came while starting" (it skips its ready banner).
+            if not self._shutdown_immediately:
+                raise
+            log.warning("faust stopped while it was starting: %r", exc)
+
+
 def _deployment(states: dict[str, DeploymentState], pipeline: PipelineConfig) -> DeploymentState:
     """The pipeline's state from ``stream.control``, or the pipeline file's model."""
     return states.get(pipeline.name) or initial_state(pipeline.name, pipeline.model)
@@ -85,7 +106,7 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
             engine.start()
         watcher.start()
         try:
-            worker = faust.Worker(
+            worker = Worker(
                 app,
                 loglevel=settings.log_level,
                 quiet=True,

@@ -155,6 +155,19 @@ class PipelineHarness:
             worker.kill()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None] | pytest.TestReport:
+    """A failed test's report ends with the tail of each of its workers' logs."""
+    report: pytest.TestReport = yield
+    harness = getattr(item, "funcargs", {}).get("harness")
+    if report.when == "call" and report.failed and isinstance(harness, PipelineHarness):
+        for worker in harness.workers:
+            report.sections.append((f"log of {worker.log_path.name}", worker.log_tail(40)))
+    return report
+
+
 @pytest.fixture
 def harness(
     kafka_bootstrap: str, clickhouse_dsn: str, registry: ModelRegistry, tmp_path: Path
