@@ -72,7 +72,15 @@ class PacedProducer:
         self._ctx = SerdeContext(topic)
         self._failed = 0
         self._producer = Producer(
-            {**kafka_config, "linger.ms": 10, "compression.type": "lz4", "enable.idempotence": True}
+            {
+                **kafka_config,
+                "linger.ms": 10,
+                "compression.type": "lz4",
+                "enable.idempotence": True,
+                # Reports of failures only: no Python call per event that Kafka took.
+                "on_delivery": self._on_delivery,
+                "delivery.report.only.error": True,
+            }
         )
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -168,9 +176,7 @@ class PacedProducer:
     def _produce(self, key: bytes, value: bytes) -> None:
         while True:
             try:
-                self._producer.produce(
-                    self.topic, value=value, key=key, on_delivery=self._on_delivery
-                )
+                self._producer.produce(self.topic, value=value, key=key)
                 return
             except BufferError:
                 self._producer.poll(0.05)
