@@ -35,9 +35,11 @@ class EngineService(Service):
     """Watches the scoring engines for as long as the faust app runs, and stops them with it.
 
     The engines start before the app (scoring does not wait for faust's
-    rebalances). An engine or the control watcher that failed, ended or
-    stalled, or a monitor agent gone silent, crashes the app, so the worker
-    process exits non-zero and its supervisor restarts it.
+    rebalances); this service starts once faust has (an app task: after its
+    tables are recovered), and ``running`` says so. An engine or the control
+    watcher that failed, ended or stalled, or a monitor agent gone silent,
+    crashes the app, so the worker process exits non-zero and its supervisor
+    restarts it.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class EngineService(Service):
         self.loops: list[BackgroundLoop] = [*engines, watcher, *self.loggers, *self.jobs]
         self.monitors = monitors
         self.stall_after = stall_after
+        self.running = False
         super().__init__(**kwargs)
 
     def troubles(self) -> list[tuple[str, BaseException | None]]:
@@ -75,6 +78,11 @@ class EngineService(Service):
         # latency. Frozen, they stay out of all later collections (< 1 ms each).
         gc.collect()
         gc.freeze()
+        self.running = True
+
+    def ready(self) -> bool:
+        """The worker has started (faust too) and every engine has its partitions."""
+        return self.running and all(e.alive and e.ready.is_set() for e in self.engines)
 
     async def on_stop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,6 +176,7 @@ def create_app(
     async def status(web: Any, request: Any) -> Any:
         return web.json(
             {
+                "ready": engine_service.ready(),
                 "pipelines": {
                     e.pipeline.name: {
                         "engine": {
@@ -217,8 +226,8 @@ def create_app(
 
     @app.page("/stream/ready/")
     async def ready(web: Any, request: Any) -> Any:
-        """Readiness: every engine has its partitions; with the lag of each one."""
-        is_ready = all(e.alive and e.ready.is_set() for e in engines)
+        """Readiness: the worker has started and every engine has its partitions; with lags."""
+        is_ready = engine_service.ready()
         body = {
             "ready": is_ready,
             "lag": {e.pipeline.name: e.counters.lag for e in engines},

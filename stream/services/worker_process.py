@@ -96,11 +96,8 @@ class WorkerProcess:
         raise ServiceError(f"worker: no {what} within {timeout:.0f}s\n" + self.log_tail())
 
     def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
-        return self.wait_until(
-            lambda s: all(p["engine"]["ready"] for p in s["pipelines"].values()),
-            timeout,
-            "partition assignment",
-        )
+        """Until the worker has started (its faust app too) and its engines own partitions."""
+        return self.wait_until(lambda s: bool(s["ready"]), timeout, "readiness")
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""

@@ -1,13 +1,18 @@
-"""The worker process's faust worker: a stop signal during start-up is a clean stop."""
+"""The worker process: a stop signal during start-up is a clean stop; when it is ready."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import faust
 import pytest
 
+from stream.app import EngineService
 from stream.worker import Worker
 
 
@@ -34,3 +39,25 @@ def test_a_failure_while_starting_after_a_stop_signal_is_the_stop(
     with caplog.at_level(logging.WARNING, logger="stream.worker"):
         asyncio.run(worker.start())
     assert "faust stopped while it was starting: InvalidStateError" in caplog.text
+
+
+@dataclass
+class Engine:
+    alive: bool = True
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+def test_the_worker_is_ready_once_faust_has_started_and_every_engine_has_partitions() -> None:
+    first, second = Engine(), Engine()
+    service = EngineService(cast(Any, [first, second]), cast(Any, None), [], 20.0, loop=None)
+    first.ready.set()
+    second.ready.set()
+    assert not service.ready(), "faust has not started the service yet"
+    asyncio.run(service.on_start())
+    gc.unfreeze()  # on_start freezes what the test process holds
+    assert service.ready()
+    second.ready.clear()  # its partitions revoked
+    assert not service.ready()
+    second.ready.set()
+    second.alive = False
+    assert not service.ready()
