@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,7 @@ class PipelineHarness:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None] | pytest.TestReport:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test's report ends with the tail of each of its workers' logs."""
     report: pytest.TestReport = yield
     harness = getattr(item, "funcargs", {}).get("harness")
