@@ -54,10 +54,8 @@ SELECT pipeline, model, model_version, variant, window_start,
        {now:DateTime64(3, 'UTC')} AS computed_at
 FROM
 (
-    SELECT p.pipeline AS pipeline, p.model AS model, p.model_version AS model_version,
-           p.variant AS variant,
-           toStartOfInterval(p.scored_time, toIntervalMillisecond({window_ms:UInt64}))
-               AS window_start,
+    SELECT {pipeline:String} AS pipeline, {model:String} AS model,
+           {version:String} AS model_version, p.variant AS variant, p.window_start AS window_start,
            p.label AS predicted, f.label AS actual, toFloat64OrNull(f.label) AS actual_value,
            p.score AS score, least(greatest(p.score, 1e-15), 1 - 1e-15) AS clamped,
            f.event_id != '' AS has_label,
@@ -67,19 +65,33 @@ FROM
            f.label = {positive:String} AS positive,
            p.label = {positive:String} AS predicted_positive,
            p.segments AS segments
-    FROM prediction_log AS p FINAL
+    FROM
+    (
+        -- The windows' predictions, each once: copies of a row (an event scored again
+        -- after a restart, an insert retried) are one prediction. Not FINAL: the log is
+        -- sorted by event id, so FINAL would read the whole day's log for every window.
+        SELECT event_id, variant, label, score, segments, scored_time,
+               toStartOfInterval(scored_time, toIntervalMillisecond({window_ms:UInt64}))
+                   AS window_start
+        FROM prediction_log
+        WHERE pipeline = {pipeline:String} AND model = {model:String}
+          AND model_version = {version:String}
+          AND scored_time >= {lo:DateTime64(3, 'UTC')} AND scored_time < {hi:DateTime64(3, 'UTC')}
+          AND window_start IN {windows:Array(DateTime64(3, 'UTC'))}
+        LIMIT 1 BY event_id, variant, window_start
+    ) AS p
     LEFT JOIN
     (
-        SELECT event_id, label, label_time FROM feedback FINAL
+        -- The newest label of each of the windows' events (what FINAL would keep).
+        SELECT event_id, argMax(label, received_at) AS label,
+               argMax(label_time, received_at) AS label_time
+        FROM feedback
         WHERE pipeline = {pipeline:String} AND event_id IN
             (SELECT event_id FROM prediction_log WHERE pipeline = {pipeline:String}
              AND scored_time >= {lo:DateTime64(3, 'UTC')}
              AND scored_time < {hi:DateTime64(3, 'UTC')})
+        GROUP BY event_id
     ) AS f ON p.event_id = f.event_id
-    WHERE p.pipeline = {pipeline:String} AND p.model = {model:String}
-      AND p.model_version = {version:String}
-      AND p.scored_time >= {lo:DateTime64(3, 'UTC')} AND p.scored_time < {hi:DateTime64(3, 'UTC')}
-      AND window_start IN {windows:Array(DateTime64(3, 'UTC'))}
 )
 ARRAY JOIN arrayConcat([('all', '')],
                        arrayMap(s -> (s, segments[s]), {segments:Array(String)})) AS seg
