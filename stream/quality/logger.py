@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # A write holds at most about this many log rows (a log message has up to 1,000)
 # or labels, or what came in FLUSH_SECONDS: memory stays bounded, parts stay few.
 # Up to 100,000 rows a second is one insert a second (what ClickHouse advises);
-# inserts of 46,000 rows cost 15% more CPU than of 92,000, merges included.
+# inserts of 46,000 rows cost 14-20% more CPU than of 92,000, merges included.
 MAX_ROWS = 100_000
 MAX_LABELS = 20_000
 FLUSH_SECONDS = 1.0
