@@ -120,9 +120,12 @@ def create_app(
     watcher: ControlWatcher,
     registry: ModelRegistry,
     sink: ClickHouseSink,
+    writer: ThreadPoolExecutor,
     metrics: WorkerMetrics | None = None,
 ) -> faust.App:
-    """Build the worker's faust app: monitor agents, engines, and the status pages."""
+    """Build the worker's faust app: monitor agents, engines, and the status pages.
+
+    ``writer`` is the worker's one thread for ClickHouse calls."""
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.kafka_bootstrap or ""),
@@ -138,7 +141,6 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
     )
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
     kafka_config = settings.kafka_config()
     monitors = {
         p.name: MonitorAgent(app, p, registry, sink, writer, kafka_config) for p in pipelines

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+def lower_priority(nice: int) -> None:
+    """Run the calling thread, and every thread it starts from now on, at ``nice``.
+
+    Linux keeps a nice value per thread and a new thread starts with its
+    creator's, so the threads a library starts from this one follow it. A
+    thread already nicer stays as it is; elsewhere than Linux nothing changes.
+    """
+    if nice <= 0 or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    if os.getpriority(os.PRIO_PROCESS, thread) < nice:
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
 
 
 class BackgroundLoop:

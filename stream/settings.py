@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     clickhouse_log_retention_days: int = Field(
         30, ge=0, description="Days ClickHouse keeps prediction_log and feedback rows; 0: always"
     )
+    clickhouse_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Linux nice value of a worker's ClickHouse work: its writer thread and the "
+        "embedded engine's inserts, merges and queries, so that scoring gets a core first; "
+        "0: the same priority as scoring",
+    )
     registry: Path | None = Field(
         None, description="Model registry folder (default {STREAM_HOME}/registry)"
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import faust
 
 from stream.app import create_app, faust_datadir
+from stream.background import lower_priority
 from stream.deploy.control import ControlWatcher, ensure_control_topics, read_states
 from stream.deploy.state import DeploymentState, initial_state
 from stream.engine.deployer import Deployer
@@ -22,7 +24,13 @@ from stream.serde import AvroSerde, JsonSerde, Serde, load_schema
 from stream.serde.registry import schema_registry, writer_serde
 from stream.services.topics import ensure_topics, wait_for_broker
 from stream.settings import PipelineConfig, Settings, load_pipeline
-from stream.sinks.clickhouse import ClickHouseSink, apply_retention, connect, migrate
+from stream.sinks.clickhouse import (
+    ClickHouse,
+    ClickHouseSink,
+    apply_retention,
+    connect,
+    migrate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,19 @@ def _deployment(states: dict[str, DeploymentState], pipeline: PipelineConfig) ->
     return states.get(pipeline.name) or initial_state(pipeline.name, pipeline.model)
 
 
+def _open_clickhouse(settings: Settings) -> ClickHouse:
+    clickhouse = connect(settings.dsn, settings.clickhouse_database)
+    try:
+        migrate(clickhouse, settings.migrations_dir)
+        apply_retention(
+            clickhouse, settings.clickhouse_retention_days, settings.clickhouse_log_retention_days
+        )
+    except BaseException:
+        clickhouse.close()
+        raise
+    return clickhouse
+
+
 def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
     """Check every setting and service, then run until stopped (SIGTERM / Ctrl-C)."""
     pipelines = [load_pipeline(path) for path in pipeline_files]
@@ -76,12 +97,17 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
     ensure_topics(kafka_config, pipelines, settings.replication_factor)
     ensure_control_topics(kafka_config, settings.replication_factor)
     states, control_offset = read_states(kafka_config)
-    clickhouse = connect(settings.dsn, settings.clickhouse_database)
+    # Every ClickHouse call of the worker runs on this one thread, below scoring's priority.
+    # The embedded engine is opened on it too, so the threads the engine starts for
+    # inserts, merges and queries inherit that priority.
+    writer = ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="clickhouse-sink",
+        initializer=lower_priority,
+        initargs=(settings.clickhouse_nice,),
+    )
+    clickhouse = writer.submit(_open_clickhouse, settings).result()
     try:
-        migrate(clickhouse, settings.migrations_dir)
-        apply_retention(
-            clickhouse, settings.clickhouse_retention_days, settings.clickhouse_log_retention_days
-        )
         registry = ModelRegistry(settings.registry_path)
         schemas = schema_registry(settings)
         engines = [
@@ -101,7 +127,7 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
         faust_datadir(settings).parent.mkdir(parents=True, exist_ok=True)
         metrics = WorkerMetrics()
         sink = ClickHouseSink(clickhouse, observe=metrics.observe_write)
-        app = create_app(settings, pipelines, engines, watcher, registry, sink, metrics)
+        app = create_app(settings, pipelines, engines, watcher, registry, sink, writer, metrics)
         for engine in engines:
             engine.start()
         watcher.start()
@@ -118,4 +144,5 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
             for engine in engines:
                 engine.stop()
     finally:
-        clickhouse.close()
+        writer.submit(clickhouse.close).result()
+        writer.shutdown()

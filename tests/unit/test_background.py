@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from stream.background import BackgroundLoop, PartitionProgress
+from stream.background import BackgroundLoop, PartitionProgress, lower_priority
 
 
 class Loop(BackgroundLoop):
@@ -106,3 +108,34 @@ def test_progress_or_a_revoke_clears_a_stall() -> None:
     clock.now = 200
     progress.observe({})  # revoked
     assert progress.stalled() == {} and progress.describe() is None
+
+
+def _nice_of_thread() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_lower_priority_holds_for_the_thread_and_the_threads_it_starts() -> None:
+    main = _nice_of_thread()
+    if main > 16:
+        pytest.skip("the tests already run nearly as nice as a thread can be")
+    seen: dict[str, int] = {}
+
+    def child() -> None:
+        seen["child"] = _nice_of_thread()
+
+    def body() -> None:
+        lower_priority(main + 3)
+        seen["thread"] = _nice_of_thread()
+        started = threading.Thread(target=child)
+        started.start()
+        started.join()
+        lower_priority(main + 1)  # already nicer: stays
+        lower_priority(0)  # 0: nothing changes
+        seen["after"] = _nice_of_thread()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == {"thread": main + 3, "child": main + 3, "after": main + 3}
+    assert _nice_of_thread() == main  # the caller's thread only, not the process
