@@ -52,6 +52,22 @@ EventSource = Callable[[int, np.random.Generator, int, str, int], Iterator[dict[
 """(n, rng, now_ms, run_id, first_index) → ``n`` events: another workload than the demo's."""
 
 
+@dataclass
+class DeliveryFailures:
+    """The producer's delivery callback: counts what Kafka did not take.
+
+    The callback holds this, not the object that owns the producer: a bound
+    method would make a cycle, and the producer (still connected) would
+    outlive its owner until the next collection.
+    """
+
+    count: int = 0
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.count += 1
+
+
 class PacedProducer:
     """Publishes ``count`` events at ``rate`` per second (0: as fast as possible).
 
@@ -70,7 +86,7 @@ class PacedProducer:
         self.serde = serde
         self._source = source
         self._ctx = SerdeContext(topic)
-        self._failed = 0
+        self._failures = DeliveryFailures()
         self._producer = Producer(
             {
                 **kafka_config,
@@ -78,14 +94,10 @@ class PacedProducer:
                 "compression.type": "lz4",
                 "enable.idempotence": True,
                 # Reports of failures only: no Python call per event that Kafka took.
-                "on_delivery": self._on_delivery,
+                "on_delivery": self._failures,
                 "delivery.report.only.error": True,
             }
         )
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._failed += 1
 
     def run(
         self,
@@ -169,7 +181,7 @@ class PacedProducer:
                     time.sleep(ahead)
         self._producer.flush(60)
         report.produced = sent
-        report.failed = self._failed
+        report.failed = self._failures.count
         report.seconds = time.monotonic() - started
         return report
 
