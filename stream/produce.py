@@ -244,7 +244,7 @@ class LabelSender:
         self._due: deque[tuple[float, list[tuple[str, str]]]] = deque()
         self._lock = threading.Condition()
         self._closing = False
-        self._failed = 0
+        self._failures = DeliveryFailures()
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="labels", daemon=True)
         self._thread.start()
@@ -281,17 +281,13 @@ class LabelSender:
                 try:
                     self._producer.produce(
                         self.topic, json.dumps(record).encode(), event_id.encode(),
-                        on_delivery=self._delivered,
+                        on_delivery=self._failures,
                     )  # fmt: skip
                     break
                 except BufferError:
                     self._producer.poll(0.05)
             self.sent += 1
         self._producer.poll(0)
-
-    def _delivered(self, err: Any, _: Any) -> None:
-        if err is not None:
-            self._failed += 1
 
     def close(self) -> int:
         """Publish what is still scheduled (after its delay); return how many Kafka took."""
@@ -300,7 +296,7 @@ class LabelSender:
             self._lock.notify()
         self._thread.join()
         remaining = self._producer.flush(60)
-        return self.sent - self._failed - remaining
+        return self.sent - self._failures.count - remaining
 
 
 def publish_labels(kafka_config: dict[str, Any], topic: str, labels: dict[str, str]) -> int:
