@@ -106,7 +106,11 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
         initializer=lower_priority,
         initargs=(settings.clickhouse_nice,),
     )
-    clickhouse = writer.submit(_open_clickhouse, settings).result()
+    try:
+        clickhouse = writer.submit(_open_clickhouse, settings).result()
+    except BaseException:
+        writer.shutdown()
+        raise
     try:
         registry = ModelRegistry(settings.registry_path)
         schemas = schema_registry(settings)

@@ -1,4 +1,4 @@
-"""The worker process: a stop signal during start-up is a clean stop; when it is ready."""
+"""The worker process: a stop signal during start-up, readiness, a start that fails."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from typing import Any, cast
 import faust
 import pytest
 
+import stream.worker
 from stream.app import EngineService
-from stream.worker import Worker
+from stream.errors import SinkUnavailable
+from stream.settings import Settings
+from stream.worker import Worker, run_worker
 
 
 async def start_that_trips_over_the_stop(self: faust.Worker) -> None:
@@ -61,3 +64,19 @@ def test_the_worker_is_ready_once_faust_has_started_and_every_engine_has_partiti
     second.ready.set()
     second.alive = False
     assert not service.ready()
+
+
+def test_a_worker_that_cannot_open_clickhouse_leaves_no_writer_thread_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    def refuse(dsn: str, database: str) -> Any:
+        raise SinkUnavailable("ClickHouse at http://nowhere: connection refused")
+
+    for name in ("wait_for_broker", "ensure_topics", "ensure_control_topics"):
+        monkeypatch.setattr(stream.worker, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(stream.worker, "read_states", lambda config: ({}, 0))
+    monkeypatch.setattr(stream.worker, "connect", refuse)
+    with pytest.raises(SinkUnavailable):
+        run_worker(Settings(home=tmp_path, kafka_bootstrap="127.0.0.1:9"), [])
+    writers = [t for t in threading.enumerate() if t.name.startswith("clickhouse-sink")]
+    assert writers == []
