@@ -51,7 +51,13 @@ class RunResult:
     seconds: float
     cpu_seconds: float
     peak_rss_mib: float
-    cpu_events: int | None = None  # events the CPU seconds cover, when not all of them
+    # False: the pipeline had scored over half its events when its worker was fully up, so
+    # the run is timed from its partition assignment, the worker's start-up included, and
+    # its CPU seconds (mostly the catching up of what was scored while faust started) say
+    # nothing about scoring.
+    steady: bool = True
+    # Events the pipeline had scored when its worker was fully up; None for the peers.
+    done_at_start: int | None = None
     # Seconds the prediction log still needed after the last event was scored
     # (0: it kept up); None where it is off.
     log_behind_s: float | None = None
@@ -62,9 +68,10 @@ class RunResult:
 
     @property
     def cpu_per_1k(self) -> float | None:
-        """CPU seconds per 1,000 events; None when too few events were timed to say."""
-        events = self.events if self.cpu_events is None else self.cpu_events
-        return self.cpu_seconds / events * 1000 if events >= MIN_CPU_EVENTS else None
+        """CPU seconds per 1,000 events; None when the run cannot say (too few, not steady)."""
+        if not self.steady or self.events < MIN_CPU_EVENTS:
+            return None
+        return self.cpu_seconds / self.events * 1000
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -74,6 +81,8 @@ class RunResult:
             "cpu_s_per_1k": None if self.cpu_per_1k is None else round(self.cpu_per_1k, 4),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             **({} if self.log_behind_s is None else {"log_behind_s": round(self.log_behind_s, 2)}),
+            **({} if self.done_at_start is None else {"done_at_start": self.done_at_start}),
+            "steady": self.steady,
         }
 
 
@@ -177,17 +186,18 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
         # starts before the faust app, which takes CPU while it boots.
         return RunResult(
             bench.events - done_then, finished - started, cpu - cpu_started, peak,
-            log_behind_s=behind,
+            log_behind_s=behind, done_at_start=done_then,
         )  # fmt: skip
-    # A small run the engine mostly finished while the app booted: time it from the
-    # partition assignment; its CPU covers only the events after the first look.
+    # A run the engine mostly finished while the app booted: time it from the partition
+    # assignment, and say so (the report asks for more events).
     return RunResult(
         bench.events,
         finished - float(counters["assigned_at"]),
         cpu - cpu_started,
         peak,
-        cpu_events=bench.events - done_then,
         log_behind_s=behind,
+        steady=False,
+        done_at_start=done_then,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 import uuid
@@ -80,6 +81,10 @@ class EngineResults:
         """Median CPU seconds per 1,000 events of the runs that could time enough events."""
         known = [r.cpu_per_1k for r in self.runs if r.cpu_per_1k is not None]
         return float(statistics.median(known)) if known else None
+
+    def not_steady(self) -> list[RunResult]:
+        """The runs timed with the worker's start-up (too few events for the speed)."""
+        return [r for r in self.runs if not r.steady]
 
     def spread(self, attribute: str) -> tuple[float, float]:
         values = [float(getattr(r, attribute)) for r in self.runs]
@@ -226,6 +231,7 @@ def _throughput(
                 f"run {run + 1}/{options.runs} {engine:<14} {result.events_per_s:>10,.0f} events/s"
                 f"  {_cpu(result.cpu_per_1k)} CPU s/1k  {result.peak_rss_mib:.0f} MiB"
                 + ("" if behind is None else f"  prediction log {behind:.1f}s behind at the end")
+                + ("" if result.steady else "  (timed with the worker's start-up)")
             )
     return results
 
@@ -430,6 +436,11 @@ def _report(
                 "peak_rss_mib": round(outcome.median("peak_rss_mib"), 1),
             }
             entry["ratio_to_bare"] = round(rate / bare_rate, 3) if bare_rate else None
+            if unsteady := outcome.not_steady():
+                entry["not_steady"] = {
+                    "runs": len(unsteady),
+                    "events_for_steady": _events_for_steady(unsteady),
+                }
         engines[engine] = entry
     return {
         "workload": {
@@ -442,6 +453,12 @@ def _report(
         "latency": latency,
         "scaling": scaling,
     }  # fmt: skip
+
+
+def _events_for_steady(runs: list[RunResult]) -> int:
+    """Enough events that the worker is fully up before half of them are scored."""
+    most = max(r.done_at_start or r.events for r in runs)
+    return math.ceil(2.5 * most / 100_000) * 100_000
 
 
 def _ms(value: float | None) -> str:
@@ -471,6 +488,14 @@ def _print(report: dict[str, Any], console: Console) -> None:
             f"{median['peak_rss_mib']:.0f}",
         )
     console.print(table)
+    for entry in report["engines"].values():
+        if unsteady := entry.get("not_steady"):
+            console.print(
+                f"{entry['title']}: {unsteady['runs']} of {len(entry['runs'])} runs had scored "
+                "over half the events when the worker was fully up; they are timed from the "
+                "partition assignment, start-up included, with no CPU figure. "
+                f"--events {unsteady['events_for_steady']:,} or more times them in steady state."
+            )
     if report["latency"]:
         warmup = report["latency"][0]["warmup"]["seconds"]
         lat = Table(
