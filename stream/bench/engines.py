@@ -252,21 +252,16 @@ def _log_catch_up(
 
 
 def _start_log_group(bench: Workbench) -> None:
-    """The logger of the next run reads every event again, and only that run's predictions."""
+    """The logger of the next run reads that run's log only, whatever the last one left."""
     pipeline = bench.pipeline
     consumer = Consumer({"bootstrap.servers": bench.bootstrap, "group.id": pipeline.log_group})
     try:
         offsets = []
-        for topic in (pipeline.events_topic, pipeline.predictions_topic, pipeline.shadow_topic,
-                      pipeline.feedback_topic):  # fmt: skip
+        for topic in (pipeline.log_topic, pipeline.feedback_topic):
             for partition in range(pipeline.partitions):
                 tp = TopicPartition(topic, partition)
-                low, high = consumer.get_watermark_offsets(tp, timeout=10)
-                offsets.append(
-                    TopicPartition(
-                        topic, partition, low if topic == pipeline.events_topic else high
-                    )
-                )
+                _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                offsets.append(TopicPartition(topic, partition, high))
         consumer.commit(offsets=offsets, asynchronous=False)
     finally:
         consumer.close()
