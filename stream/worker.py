@@ -10,7 +10,7 @@ from typing import Any
 import faust
 
 from stream.app import create_app, faust_datadir
-from stream.background import lower_priority
+from stream.background import sink_thread
 from stream.deploy.control import ControlWatcher, ensure_control_topics, read_states
 from stream.deploy.state import DeploymentState, initial_state
 from stream.engine.deployer import Deployer
@@ -103,7 +103,7 @@ def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
     writer = ThreadPoolExecutor(
         max_workers=1,
         thread_name_prefix="clickhouse-sink",
-        initializer=lower_priority,
+        initializer=sink_thread,
         initargs=(settings.clickhouse_nice,),
     )
     try:

@@ -10,7 +10,13 @@ from collections.abc import Callable
 
 import pytest
 
-from stream.background import BackgroundLoop, PartitionProgress, lower_priority
+from stream.background import (
+    BackgroundLoop,
+    PartitionProgress,
+    lower_priority,
+    name_thread,
+    sink_thread,
+)
 
 
 class Loop(BackgroundLoop):
@@ -139,3 +145,32 @@ def test_lower_priority_holds_for_the_thread_and_the_threads_it_starts() -> None
     thread.join()
     assert seen == {"thread": main + 3, "child": main + 3, "after": main + 3}
     assert _nice_of_thread() == main  # the caller's thread only, not the process
+
+
+def _os_name_of_thread() -> str:
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+        return comm.read().strip()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread names in /proc are Linux's")
+def test_loops_and_the_clickhouse_thread_show_their_names_to_the_os() -> None:
+    seen: dict[str, str] = {}
+
+    def body(loop: BackgroundLoop) -> None:
+        seen["loop"] = _os_name_of_thread()
+
+    loop = Loop(body)
+    loop.start()
+    wait_for(lambda: "loop" in seen)
+    loop.stop()
+
+    def sink() -> None:
+        sink_thread(0)
+        seen["sink"] = _os_name_of_thread()
+        name_thread("engine-a-pipeline-name")
+        seen["long"] = _os_name_of_thread()
+
+    thread = threading.Thread(target=sink)
+    thread.start()
+    thread.join()
+    assert seen == {"loop": "test-loop", "sink": "clickhouse-sink", "long": "engine-a-pipeli"}
