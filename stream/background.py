@@ -43,8 +43,8 @@ def name_thread(name: str) -> None:
 
 
 def sink_thread(nice: int) -> None:
-    """The start of the worker's ClickHouse thread: named, below scoring's priority."""
-    name_thread("clickhouse-sink")
+    """The start of the worker's ClickHouse thread: its name to the OS, below scoring's priority."""
+    name_thread(threading.current_thread().name)
     lower_priority(nice)
 
 

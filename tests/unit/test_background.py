@@ -170,7 +170,8 @@ def test_loops_and_the_clickhouse_thread_show_their_names_to_the_os() -> None:
         name_thread("engine-a-pipeline-name")
         seen["long"] = _os_name_of_thread()
 
-    thread = threading.Thread(target=sink)
+    # Named as the worker's pool names its thread; the OS keeps 15 bytes of it.
+    thread = threading.Thread(target=sink, name="clickhouse-sink_0")
     thread.start()
     thread.join()
     assert seen == {"loop": "test-loop", "sink": "clickhouse-sink", "long": "engine-a-pipeli"}
