@@ -16,8 +16,10 @@ import itertools
 import json
 import math
 import statistics
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,7 @@ from stream.bench.engines import (
     run_peer,
     run_pipeline,
 )
+from stream.bench.targets import judge
 from stream.bench.workload import SCHEMA_FILE, float_events, schemas_folder, train_float_model
 from stream.demo.data import train_demo_model
 from stream.demo.run import kafka
@@ -297,7 +300,8 @@ def _latency_run(
         worker.wait_ready()
         rss_start = worker.memory_mib()["rss"]
         started = time.monotonic()
-        sent = producer.send(chunks, rate)
+        with _RssSampler(worker.memory_mib, started) as rss:
+            sent = producer.send(chunks, rate)
         elapsed = time.monotonic() - started
         worker.wait_until(
             lambda s: s["pipelines"][pipeline.name]["engine"]["predictions"] >= sent.produced,
@@ -321,6 +325,7 @@ def _latency_run(
         (first if key in warming else measured).append(m.timestamp()[1] - sent_at[key])
     return {
         "share": share,
+        "seconds": seconds,
         "rate": round(rate, 1),
         "achieved_rate": round(sent.produced / elapsed, 1),
         "sent": sent.produced,
@@ -330,7 +335,45 @@ def _latency_run(
         "warmup": {"seconds": warmup, "events": len(first), **_percentiles(first)},
         "rss_start_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
+        "rss_mib": rss.samples,
     }
+
+
+class _RssSampler:
+    """The worker's RSS every ``every_s`` seconds of a latency run, as ``[t_s, mib]`` pairs.
+
+    On a thread of its own, so that the load generator keeps its pace; reading
+    /proc a few times a minute takes nothing from it.
+    """
+
+    def __init__(
+        self, memory_mib: Callable[[], dict[str, float]], started: float, every_s: float = 5.0
+    ) -> None:
+        self.samples: list[list[float]] = []
+        self._memory_mib = memory_mib
+        self._started = started
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            t = time.monotonic() - self._started
+            try:
+                rss = self._memory_mib()["rss"]
+            except OSError:  # the worker is gone: the run reports why
+                return
+            self.samples.append([round(t, 1), round(rss, 1)])
+            if self._stop.wait(self._every_s):
+                return
 
 
 def _percentiles(latency_ms: list[int]) -> dict[str, float | None]:
@@ -442,7 +485,7 @@ def _report(
                     "events_for_steady": _events_for_steady(unsteady),
                 }
         engines[engine] = entry
-    return {
+    report: dict[str, Any] = {
         "workload": {
             "events": options.events, "runs": options.runs, "partitions": options.partitions,
             "trees": options.trees, "depth": options.depth, "batch": options.batch,
@@ -453,6 +496,8 @@ def _report(
         "latency": latency,
         "scaling": scaling,
     }  # fmt: skip
+    report["targets"] = [verdict.as_dict() for verdict in judge(report)]
+    return report
 
 
 def _events_for_steady(runs: list[RunResult]) -> int:
@@ -525,6 +570,17 @@ def _print(report: dict[str, Any], console: Console) -> None:
                 " / ".join(f"{n:,}" for n in row["events_per_worker"]),
             )  # fmt: skip
         console.print(scale)
+    targets = Table(title="targets")
+    for column in ("target", "measured", ""):
+        targets.add_column(column)
+    for verdict in report["targets"]:
+        met = verdict["met"]
+        targets.add_row(
+            verdict["target"],
+            verdict["measured"],
+            "not measured" if met is None else "[green]met" if met else "[red]missed",
+        )
+    console.print(targets)
 
 
 def _chart(report: dict[str, Any], path: Path) -> None:

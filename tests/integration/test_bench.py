@@ -54,6 +54,15 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     assert first["events"] + latency["measured_events"] == latency["events"]
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert first["p50_ms"] <= first["p99_ms"] <= first["max_ms"]
+    assert latency["rss_mib"] and latency["rss_mib"][0][1] > 0, "the worker's RSS, sampled"
+    # Every target judged; the ones a short run cannot measure are said to be so.
+    judged = {v["target"]: v["met"] for v in report["targets"]}
+    assert len(judged) == 7
+    steady = "not_steady" not in report["engines"]["pipeline"]
+    # Judged only on pipeline runs timed in steady state; 1,000 events are mostly not.
+    assert all((judged[t] is not None) == steady for t in judged if t.startswith("pipeline ≥"))
+    assert judged["p99 < 250 ms at 80% of the maximum"] is None
+    assert judged["worker RSS flat over 10 minutes"] is None
     one, two = report["scaling"]
     assert (one["workers"], two["workers"]) == (1, 2)
     assert len(two["events_per_worker"]) == 2 and all(two["events_per_worker"]), "both scored"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -10,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from stream.bench.engines import MIN_CPU_EVENTS, RunResult, Workbench
-from stream.bench.run import BenchOptions, EngineResults, _print, _report
+from stream.bench.run import BenchOptions, EngineResults, _print, _report, _RssSampler
 from stream.settings import PipelineConfig, Settings
 
 
@@ -85,3 +86,114 @@ def test_bench_workers_share_a_clickhouse_server(tmp_path: Path) -> None:
     server = "http://default:secret@clickhouse:8123/stream"
     bench = _bench(tmp_path, server)
     assert bench.worker_env(tmp_path / "w0")["STREAM_CLICKHOUSE_DSN"] == server
+
+
+def _latency_row(
+    share: float, p99: float, seconds: float = 30.0, rss: list[list[float]] | None = None
+) -> dict[str, Any]:
+    samples = rss if rss is not None else [[0.0, 480.0], [seconds, 520.0]]
+    return {
+        "share": share, "seconds": seconds, "achieved_rate": 40_000 * share,
+        "p50_ms": 20.0, "p95_ms": 30.0, "p99_ms": p99, "max_ms": p99 + 10,
+        "warmup": {"seconds": 5.0, "p99_ms": 40.0, "max_ms": 50.0},
+        "rss_start_mib": samples[0][1], "rss_end_mib": samples[-1][1], "rss_mib": samples,
+    }  # fmt: skip
+
+
+def _runs(rate: float) -> list[RunResult]:
+    return [RunResult(int(rate), 1.0, rate / 50_000, 400.0)]
+
+
+def test_the_report_judges_each_target_from_what_the_run_measured() -> None:
+    results = {
+        engine: EngineResults(engine, _runs(rate))
+        for engine, rate in (
+            ("pipeline", 80_000), ("pipeline-eos", 56_000), ("bare", 50_000),
+            ("quix", 20_000), ("faust", 10_000),
+        )
+    }  # fmt: skip
+    # Ten minutes at 30%: a merge's peak in the middle third, level otherwise (flat);
+    # then a worker whose memory keeps growing (not flat).
+    level = [[t * 10.0, 600.0 + (400.0 if t == 30 else t % 3)] for t in range(61)]
+    growing = [[t * 10.0, 500.0 + 4.0 * t] for t in range(61)]
+    latency = [
+        _latency_row(0.5, 45.0), _latency_row(0.8, 300.0),
+        _latency_row(0.3, 25.0, 600.0, level),
+    ]  # fmt: skip
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, latency, [])
+    verdicts = {v["target"]: (v["met"], v["measured"]) for v in report["targets"]}
+    assert verdicts["pipeline ≥ 0.8x the bare loop"][0] is True
+    assert verdicts["pipeline ≥ 0.8x the bare loop"][1].startswith("1.60x")
+    assert verdicts["pipeline ≥ 2.5x Quix Streams"][0] is True
+    assert verdicts["pipeline ≥ 10x the faust agent"] == (
+        False, "8.00x (80,000 against 10,000 events/s)"
+    )  # fmt: skip
+    eos = verdicts["exactly-once costs ≤ 25% of at-least-once's events/s"]
+    assert eos == (False, "56,000 against 80,000 events/s: 30% less")
+    assert verdicts["p99 < 50 ms at 50% of the maximum"] == (True, "45 ms at 20,000 events/s")
+    assert verdicts["p99 < 250 ms at 80% of the maximum"][0] is False
+    flat = verdicts["worker RSS flat over 10 minutes"]
+    assert flat[0] is True and "(+0%)" in flat[1]
+    latency[2] = _latency_row(0.3, 25.0, 600.0, growing)
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, latency, [])
+    flat = next(v for v in report["targets"] if v["target"].startswith("worker RSS"))
+    assert flat["met"] is False
+    assert "median 700 MiB in the last third, 618 in the middle (+13%)" in flat["measured"]
+    console = Console(record=True, width=250)
+    _print(report, console)
+    printed = console.export_text()
+    assert "targets" in printed and "missed" in printed and " met" in printed
+
+
+def test_a_target_the_run_did_not_measure_is_never_reported_as_met() -> None:
+    results = {"pipeline": EngineResults("pipeline", _runs(80_000))}
+    short = [_latency_row(0.1, 30.0)]
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, short, [])
+    assert all(v["met"] is None for v in report["targets"])
+    said = {v["target"]: v["measured"] for v in report["targets"]}
+    assert said["pipeline ≥ 2.5x Quix Streams"] == "not measured: --engines with pipeline and quix"
+    assert said["p99 < 50 ms at 50% of the maximum"] == "not measured: --latency with 0.5"
+    assert said["worker RSS flat over 10 minutes"] == (
+        "480 → 520 MiB over 30 s; not measured: --latency-seconds 600"
+    )
+    console = Console(record=True, width=250)
+    _print(report, console)
+    assert "not measured" in console.export_text()
+
+
+def test_pipeline_runs_timed_with_the_start_up_judge_no_target() -> None:
+    # The latency shares are of the pipeline's median, too low when its runs were timed
+    # with the worker's start-up; and so are its ratios.
+    late = RunResult(100_000, 1.6, 0.4, 600.0, steady=False, done_at_start=95_000)
+    results = {
+        "pipeline": EngineResults("pipeline", [late]),
+        "bare": EngineResults("bare", _runs(50_000)),
+    }
+    latency = [_latency_row(0.5, 45.0)]
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, latency, [])
+    verdicts = {v["target"]: (v["met"], v["measured"]) for v in report["targets"]}
+    assert verdicts["pipeline ≥ 0.8x the bare loop"] == (
+        None,
+        "1.25x (62,500 against 50,000 events/s); pipeline runs timed with the worker's "
+        "start-up: --events 300,000 or more",
+    )
+    met, said = verdicts["p99 < 50 ms at 50% of the maximum"]
+    assert met is None and said.startswith("45 ms at 20,000 events/s; pipeline runs timed")
+
+
+def test_rss_is_sampled_until_the_load_ends_or_the_worker_is_gone() -> None:
+    readings = iter([500.0, 510.0, 520.0])
+
+    def memory_mib() -> dict[str, float]:
+        try:
+            return {"rss": next(readings)}
+        except StopIteration:
+            raise FileNotFoundError("/proc/1/status") from None
+
+    with _RssSampler(memory_mib, time.monotonic(), every_s=0.01) as rss:
+        deadline = time.monotonic() + 10
+        while len(rss.samples) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert [mib for _, mib in rss.samples] == [500.0, 510.0, 520.0]
+    times = [t for t, _ in rss.samples]
+    assert times == sorted(times)
