@@ -105,11 +105,17 @@ def _flat_memory(latency: list[dict[str, Any]]) -> Verdict:
             f"over {longest['seconds']:g} s; "
         )
         return Verdict(target, f"{ran}not measured: --latency-seconds {FLAT_SECONDS:g}", None)
-    said, met = [], True
+    said: list[str] = []
+    met: bool | None = True
     for row in long:
-        middle, last = thirds(row["rss_mib"])
+        medians = _thirds(row["rss_mib"])
+        if medians is None:  # the sampler stopped early: the worker was gone
+            said.append(f"{row['share']:.0%}: {len(row['rss_mib'])} RSS samples, too few")
+            met = None
+            continue
+        middle, last = medians
         change = last / middle - 1.0
-        met = met and change <= FLAT_WITHIN
+        met = met if met is None else met and change <= FLAT_WITHIN
         said.append(
             f"{row['share']:.0%} over {row['seconds']:g} s: median {last:.0f} MiB in the last "
             f"third, {middle:.0f} in the middle ({change:+.0%}); "
@@ -118,17 +124,18 @@ def _flat_memory(latency: list[dict[str, Any]]) -> Verdict:
     return Verdict(target, "; ".join(said), met)
 
 
-def thirds(samples: list[list[float]]) -> tuple[float, float]:
-    """Median RSS of a run's middle third and of its last third, from ``[t_s, mib]`` samples.
+def _thirds(samples: list[list[float]]) -> tuple[float, float] | None:
+    """Median RSS of a run's middle third and of its last third, from ``[t_s, mib]`` samples
+    (None when a third has none).
 
     The first third is left out: the worker's caches and the embedded engine's
-    first merges fill it. Medians, so that one merge's peak does not decide.
+    first merges fill it. Medians, so that one burst does not decide.
     """
     span = samples[-1][0]
     middle = [mib for t, mib in samples if span / 3 <= t < 2 * span / 3]
     last = [mib for t, mib in samples if t >= 2 * span / 3]
     if not middle or not last:
-        raise ValueError(f"{len(samples)} RSS samples over {span:g} s: too few to judge")
+        return None
     return float(statistics.median(middle)), float(statistics.median(last))
 
 

@@ -143,6 +143,15 @@ def test_the_report_judges_each_target_from_what_the_run_measured() -> None:
     _print(report, console)
     printed = console.export_text()
     assert "targets" in printed and "missed" in printed and " met" in printed
+    # A worker gone early leaves too few samples: not judged, and the report still made.
+    latency[2] = _latency_row(0.3, 25.0, 600.0, [[0.0, 500.0], [5.0, 510.0]])
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, latency, [])
+    flat = next(v for v in report["targets"] if v["target"].startswith("worker RSS"))
+    assert flat == {
+        "target": "worker RSS flat over 10 minutes",
+        "measured": "30%: 2 RSS samples, too few",
+        "met": None,
+    }
 
 
 def test_a_target_the_run_did_not_measure_is_never_reported_as_met() -> None:
