@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -496,7 +496,7 @@ def _report(
         "latency": latency,
         "scaling": scaling,
     }  # fmt: skip
-    report["targets"] = [verdict.as_dict() for verdict in judge(report)]
+    report["targets"] = [asdict(verdict) for verdict in judge(report)]
     return report
 
 

@@ -25,9 +25,6 @@ class Verdict:
     measured: str
     met: bool | None  # None: not measured by this run
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "measured": self.measured, "met": self.met}
-
 
 def judge(report: dict[str, Any]) -> list[Verdict]:
     engines = report["engines"]
