@@ -99,6 +99,22 @@ GROUP BY pipeline, model, model_version, variant, window_start, segment, segment
 """
 
 
+def consecutive(starts: set[int], window_ms: int) -> list[list[int]]:
+    """Window starts in runs of adjacent windows, oldest first: one computation each.
+
+    A computation reads the log between its first window and its last, so windows
+    far apart (the one that just closed and the one whose horizon just passed, an
+    hour before it by default) are computed apart, not with the whole hour between.
+    """
+    runs: list[list[int]] = []
+    for start in sorted(starts):
+        if runs and start - runs[-1][-1] == window_ms:
+            runs[-1].append(start)
+        else:
+            runs.append([start])
+    return runs
+
+
 def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
@@ -151,12 +167,7 @@ class QualityJob:
         """
         due, after = self.due_windows(client, now)
         written = 0
-        # One computation per day of windows: the log is partitioned by day, and a late
-        # label for an old window must not make the query read every day in between.
-        days: dict[int, list[int]] = {}
-        for start in sorted(due):
-            days.setdefault(start // 86_400_000, []).append(start)
-        for windows in days.values():
+        for windows in consecutive(due, self.window_ms):
             lo, hi = windows[0], windows[-1] + self.window_ms
             for model, version in self._versions(client, lo, hi):
                 self._compute(client, model, version, windows, lo, hi, now)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
 
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
+from stream.monitor.windows import utc_from_ms
 from stream.quality import logbatch
 from stream.quality.job import QualityJob
 from stream.quality.rows import FEEDBACK_COLUMNS, feedback_row
@@ -38,9 +40,15 @@ def clickhouse(clickhouse_dsn: str) -> Iterator[ClickHouse]:
         ch.close()
 
 
-def scored(manifest: ModelManifest, ids: list[str], labels: list[str], scored_ms: int) -> bytes:
+def scored(
+    manifest: ModelManifest,
+    ids: list[str],
+    labels: list[str],
+    scored_ms: int,
+    pipeline: PipelineConfig = PIPELINE,
+) -> bytes:
     """One log message: ``ids`` scored by v1 at ``scored_ms``, all in the web channel."""
-    batch = logbatch.PredictionLogBatch(PIPELINE)
+    batch = logbatch.PredictionLogBatch(pipeline)
     n = len(ids)
     score = np.array([0.9 if label == "fraud" else 0.1 for label in labels])
     batch.add(
@@ -98,3 +106,52 @@ def test_copies_of_a_prediction_count_once_and_the_newest_label_counts(
         (second, "all", "", 40, 0, pytest.approx(float("nan"), nan_ok=True)),
         (second, "channel", "web", 40, 0, pytest.approx(float("nan"), nan_ok=True)),
     ]
+
+
+class Recording:
+    """The client, with the parameters of every command it ran."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.commands: list[dict[str, Any]] = []
+
+    def command(self, sql: str, parameters: dict[str, Any]) -> Any:
+        self.commands.append(parameters)
+        return self._client.command(sql, parameters=parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_windows_far_apart_are_computed_apart(
+    clickhouse: ClickHouse, registry: ModelRegistry, manifest: ModelManifest
+) -> None:
+    """The window that just closed and the one whose horizon just passed (an hour
+    before it) are two computations: neither reads the log of the hour between."""
+    pipeline = PIPELINE.model_copy(update={"name": "apart"})
+    w, horizon = 60_000, 3_600_000
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    newest = (now_ms - 2_000) // w * w - w  # closed, past the 2 s grace
+    oldest = (now_ms - w - horizon) // w * w  # its horizon passed since the last run
+    between = oldest + 30 * w
+    sink = ClickHouseSink(clickhouse)
+    for start in (oldest, between, newest):
+        ids = [f"{start}-{i}" for i in range(10)]
+        message = scored(manifest, ids, ["legit"] * 10, start + 1_000, pipeline)
+        sink.insert_arrow("prediction_log", logbatch.COLUMNS, message, 10)
+    job = QualityJob(pipeline, registry, computed_until=newest,
+                     labels_until=now, last_run_ms=oldest + w + horizon - 1)  # fmt: skip
+    client = Recording(clickhouse.client)
+
+    job.run(client, now)  # type: ignore[arg-type]
+
+    assert [(c["lo"], c["hi"]) for c in client.commands] == [
+        (utc_from_ms(oldest), utc_from_ms(oldest + w)),
+        (utc_from_ms(newest), utc_from_ms(newest + w)),
+    ]
+    rows = clickhouse.client.query(
+        "SELECT toUnixTimestamp64Milli(window_start), predictions FROM quality_windows FINAL "
+        "WHERE pipeline = 'apart' AND segment = 'all' ORDER BY window_start"
+    ).result_rows
+    assert rows == [(oldest, 10), (newest, 10)]
