@@ -129,10 +129,12 @@ def test_windows_far_apart_are_computed_apart(
     """The window that just closed and the one whose horizon just passed (an hour
     before it) are two computations: neither reads the log of the hour between."""
     pipeline = PIPELINE.model_copy(update={"name": "apart"})
-    w, horizon = 60_000, 3_600_000
+    w = int(pipeline.monitor.window_seconds * 1000)
+    horizon = int(pipeline.quality.label_horizon_seconds * 1000)
+    grace = int(pipeline.monitor.grace_seconds * 1000)
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
-    newest = (now_ms - 2_000) // w * w - w  # closed, past the 2 s grace
+    newest = (now_ms - grace) // w * w - w  # the newest closed window
     oldest = (now_ms - w - horizon) // w * w  # its horizon passed since the last run
     between = oldest + 30 * w
     sink = ClickHouseSink(clickhouse)
