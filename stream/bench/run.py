@@ -19,7 +19,8 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +48,7 @@ from stream.errors import ServiceError, StreamError
 from stream.models.registry import ModelRegistry
 from stream.produce import PacedProducer, event_serde
 from stream.serde import load_schema
-from stream.services.readback import read_to_end
+from stream.services.readback import iter_to_end
 from stream.services.topics import create_topics, ensure_topics, wait_for_broker
 from stream.settings import PipelineConfig, Settings
 
@@ -303,6 +304,7 @@ def _latency_run(
         with _RssSampler(worker.memory_mib, started) as rss:
             sent = producer.send(chunks, rate)
         elapsed = time.monotonic() - started
+        del chunks  # a long run's payloads are gigabytes: not held while it is read back
         worker.wait_until(
             lambda s: s["pipelines"][pipeline.name]["engine"]["predictions"] >= sent.produced,
             bench.timeout,
@@ -311,16 +313,16 @@ def _latency_run(
         rss_end = worker.memory_mib()["rss"]
     finally:
         worker.stop()
-    # Every event and every prediction: minutes of them at a high rate take a while.
-    out = read_to_end(
-        kafka_config,
-        [pipeline.events_topic, pipeline.predictions_topic],
-        timeout=max(60.0, sent.produced / 10_000),
-    )
-    sent_at = {m.key(): m.timestamp()[1] for m in out[pipeline.events_topic]}
-    first: list[int] = []
-    measured: list[int] = []
-    for m in out[pipeline.predictions_topic]:
+    # Every event and every prediction: minutes of them at a high rate take a while,
+    # and tens of millions of records, so only each event's time is kept.
+    timeout = max(60.0, sent.produced / 10_000)
+    sent_at = {
+        m.key(): m.timestamp()[1]
+        for m in iter_to_end(kafka_config, [pipeline.events_topic], timeout)
+    }
+    first = array("q")
+    measured = array("q")
+    for m in iter_to_end(kafka_config, [pipeline.predictions_topic], timeout):
         key = m.key()
         (first if key in warming else measured).append(m.timestamp()[1] - sent_at[key])
     return {
@@ -376,7 +378,7 @@ class _RssSampler:
                 return
 
 
-def _percentiles(latency_ms: list[int]) -> dict[str, float | None]:
+def _percentiles(latency_ms: Sequence[int]) -> dict[str, float | None]:
     """p50, p95, p99 and max of end-to-end latencies in ms (None for none)."""
     if not latency_ms:
         return dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "max_ms"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
@@ -84,14 +84,27 @@ def read_to_end(
 ) -> dict[str, list[Any]]:
     """Everything committed in ``topics`` up to their end offsets at the time of the call.
 
+    Not done within ``timeout`` seconds: ServiceError (a part is never returned
+    as the whole).
+    """
+    out: dict[str, list[Any]] = {topic: [] for topic in topics}
+    for message in iter_to_end(kafka_config, topics, timeout):
+        out[str(message.topic())].append(message)
+    return out
+
+
+def iter_to_end(
+    kafka_config: dict[str, Any], topics: list[str], timeout: float = 60.0
+) -> Iterator[Any]:
+    """``read_to_end`` a message at a time, none kept: for more records than memory holds.
+
     Done when the consumer's position reaches each end offset: with
     read_committed, aborted records and transaction markers are skipped, not
     read, so the last record read can lie before the end. Not done within
-    ``timeout`` seconds: ServiceError (a part is never returned as the whole).
+    ``timeout`` seconds: ServiceError after the messages read so far.
     """
     ends = {t: end_offsets(kafka_config, t) for t in topics}
     consumer = _consumer(kafka_config)
-    out: dict[str, list[Any]] = {topic: [] for topic in topics}
     try:
         assignment = [
             TopicPartition(t, p, OFFSET_BEGINNING) for t, parts in ends.items() for p in parts
@@ -102,7 +115,7 @@ def read_to_end(
         while want and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.2):
                 if message.error() is None:
-                    out[str(message.topic())].append(message)
+                    yield message
             positions = consumer.position([TopicPartition(t, p) for t, p in want])
             for tp in positions:
                 if tp.offset >= want[(tp.topic, tp.partition)]:
@@ -110,6 +123,5 @@ def read_to_end(
         if want:
             behind = ", ".join(f"{t}[{p}]" for t, p in sorted(want))
             raise ServiceError(f"could not read {behind} to the end within {timeout:.0f}s")
-        return out
     finally:
         consumer.close()
