@@ -2,8 +2,8 @@
 
 ``ops/kafka/pom.xml`` names the artifacts; ``mvn dependency:copy-dependencies``
 fetches them once into a cache folder. The broker runs as ``java … kafka.Kafka``
-on free loopback ports, is ready when it answers a metadata request, and is
-stopped by its own pid.
+on free loopback ports, is ready when it answers a metadata request and hands
+out producer ids, and is stopped by its own pid.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream.errors import ServiceError
@@ -80,6 +81,28 @@ def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
     try:
         return bool(admin.list_topics(timeout=timeout).brokers)
     except Exception:
+        return False
+
+
+def issues_producer_ids(bootstrap: str, timeout: float = 5.0) -> bool:
+    """True when a broker at ``bootstrap`` hands out a producer id within ``timeout``.
+
+    Every idempotent producer asks for one. A new KRaft broker fetches its first
+    block of ids from the controller when first asked, and answers "coordinator
+    load in progress" meanwhile, which librdkafka logs as a warning in every
+    producer that asks then. A silent transactional producer asks first.
+    """
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"stream-ready-{uuid.uuid4().hex[:8]}",
+            "log_level": 0,
+        }
+    )
+    try:
+        producer.init_transactions(timeout)
+        return True
+    except KafkaException:
         return False
 
 
@@ -179,7 +202,7 @@ class KafkaBroker:
             if self._process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace").strip().splitlines()[-10:]
                 raise ServiceError("Kafka broker exited at start: " + " | ".join(tail))
-            if broker_answers(self.bootstrap, timeout=1.0):
+            if broker_answers(self.bootstrap, timeout=1.0) and issues_producer_ids(self.bootstrap):
                 return
             time.sleep(0.2)
         self.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
 
 from stream.deploy.commands import change_deployment
 from stream.deploy.control import CONTROL_TOPIC
@@ -18,6 +20,7 @@ from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.services.kafka import KafkaBroker
 from stream.services.readback import read_to_end, read_topics
+from stream.services.topics import create_topics
 from stream.services.worker_process import WorkerProcess
 from stream.settings import Settings
 from stream.sinks.clickhouse import connect, migrate
@@ -36,6 +39,22 @@ def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+def test_a_new_broker_is_ready_for_idempotent_producers(
+    own_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ready means the broker hands out producer ids: the first idempotent producer on it
+    gets one at once, without librdkafka's "coordinator load in progress" warning."""
+    config = {"bootstrap.servers": own_broker.bootstrap}
+    create_topics(config, [NewTopic("ids", 1, 1)])
+    librdkafka = logging.getLogger("tests.librdkafka")
+    with caplog.at_level(logging.DEBUG, logger=librdkafka.name):
+        producer = Producer({**config, "enable.idempotence": True, "logger": librdkafka})
+        producer.produce("ids", b"value", key=b"key")
+        assert producer.flush(30) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == librdkafka.name]
+    assert not [m for m in said if "PID" in m or "oordinator" in m], said
 
 
 def test_broker_restart_while_producing_and_consuming(
