@@ -69,6 +69,19 @@ class HistogramLayout:
     edges: list[np.ndarray]  # inner edges (numeric) or empty (categorical)
     sizes: list[int]  # number of bins per feature
     n_labels: int
+    # Every feature's bins end to end, feature j's from _starts[j]: a batch is
+    # counted by one bincount, not one per feature.
+    _starts: np.ndarray = field(init=False, repr=False, compare=False)
+    _sizes: np.ndarray = field(init=False, repr=False, compare=False)
+    _parts: list[slice] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sizes = np.asarray(self.sizes, dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        object.__setattr__(self, "_starts", starts)
+        object.__setattr__(self, "_sizes", sizes)
+        parts = [slice(a, a + n) for a, n in zip(starts.tolist(), self.sizes, strict=True)]
+        object.__setattr__(self, "_parts", parts)
 
     @classmethod
     def of(cls, manifest: ModelManifest) -> HistogramLayout:
@@ -118,18 +131,15 @@ class HistogramLayout:
         stats.inference_sum_ms += inference_ms * n
         stats.inference[np.searchsorted(LATENCY_BOUNDS_MS, inference_ms, side="left")] += n
         stats.batches[batch_bucket(n)] += 1
-        missing = np.isnan(values)
-        stats.nulls += missing.sum(axis=0)
-        filled = np.where(missing, 0.0, values)
-        stats.sums += filled.sum(axis=0)
-        stats.sumsq += (filled * filled).sum(axis=0)
-        for j, size in enumerate(self.sizes):
-            column = values[~missing[:, j], j]
-            if self.categorical[j]:
-                idx = column.astype(np.int64)
-            else:
-                idx = np.searchsorted(self.edges[j], column, side="right")
-            stats.features[j] += np.bincount(idx, minlength=size)[:size]
+        columns = np.ascontiguousarray(values.T)  # a feature a row, its values side by side
+        missing = np.isnan(columns)
+        stats.nulls += np.count_nonzero(missing, axis=1)
+        filled = np.where(missing, 0.0, columns)
+        stats.sums += filled.sum(axis=1)
+        stats.sumsq += np.einsum("ij,ij->i", filled, filled)
+        counts = self._feature_counts(columns, missing)
+        for j, part in enumerate(self._parts):
+            stats.features[j] += counts[part]
         labels = label_index[label_index >= 0]
         stats.labels += np.bincount(labels, minlength=self.n_labels)[: self.n_labels]
         clipped = np.clip(score, 0.0, 1.0)
@@ -139,6 +149,19 @@ class HistogramLayout:
         stats.confidence += np.bincount(
             np.searchsorted(SCORE_EDGES, confidence, side="right"), minlength=SCORE_BINS
         )
+
+    def _feature_counts(self, columns: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """The bin counts of every feature (a row of ``columns`` each), end to end;
+        nulls and values outside a feature's bins (an index past its categories)
+        are not counted."""
+        bins = np.empty(columns.shape, dtype=np.int64)
+        for j, column in enumerate(columns):
+            if self.categorical[j]:
+                bins[j] = np.where(missing[j], -1.0, column)  # the index, as float
+            else:
+                bins[j] = np.searchsorted(self.edges[j], column, side="right")
+        counted = (bins >= 0) & (bins < self._sizes[:, None]) & ~missing
+        return np.bincount((bins + self._starts[:, None])[counted], minlength=self._parts[-1].stop)
 
 
 @dataclass

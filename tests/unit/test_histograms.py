@@ -81,3 +81,32 @@ def test_latency_buckets_are_upper_bounds() -> None:
     assert counts[4] == 1
     assert counts[-1] == 1
     assert np.isnan(latency_quantile(np.zeros_like(counts), 0.5))
+
+
+def test_fold_counts_each_feature_in_its_own_bins(
+    trained_model: tuple[bytes, ModelManifest],
+) -> None:
+    """Each feature's counts match counting its values alone: numeric ones by their
+    edges, categories by index; nulls and indexes past the categories are not binned."""
+    layout = HistogramLayout.of(trained_model[1])
+    rng = np.random.default_rng(7)
+    cols, _ = generate(400, rng)
+    values = np.column_stack([cols[f] for f in FEATURES]).astype(np.float64)
+    values[rng.random(values.shape) < 0.1] = np.nan
+    cat = layout.categorical.index(True)
+    values[:3, cat] = layout.sizes[cat]  # an index one past the known categories
+    stats = layout.empty()
+    ones = np.ones(len(values))
+    layout.fold(stats, values, ones, 0.01, np.zeros(len(values), np.int64), ones, ones, 0)
+    for j, size in enumerate(layout.sizes):
+        column = values[:, j][~np.isnan(values[:, j])]
+        if layout.categorical[j]:
+            expected = np.bincount(column.astype(np.int64), minlength=size + 1)[:size]
+        else:
+            expected = np.bincount(
+                np.searchsorted(layout.edges[j], column, side="right"), minlength=size
+            )
+        assert stats.features[j].tolist() == expected.tolist(), FEATURES[j]
+        assert stats.nulls[j] == np.isnan(values[:, j]).sum()
+        assert stats.sums[j] == pytest.approx(column.sum())
+        assert stats.sumsq[j] == pytest.approx((column * column).sum())
