@@ -18,6 +18,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from stream.models.manifest import OutputSpec
 from stream.models.registry import ModelRegistry
 from stream.monitor.alerts import Alert, Condition, WindowFacts, track
 from stream.monitor.windows import utc_from_ms
@@ -149,6 +150,8 @@ class QualityJob:
     # Accuracy alerts: per model version, the open alerts and the newest window judged.
     open_alerts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     judged_until: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Each version's output spec, read from the registry once (not on every run).
+    _outputs: dict[tuple[str, str], OutputSpec] = field(default_factory=dict, repr=False)
 
     @property
     def window_ms(self) -> int:
@@ -341,9 +344,12 @@ class QualityJob:
         }
         client.command(QUALITY_SQL, parameters=parameters)
 
-    def _output(self, model: str, version: str) -> Any:
+    def _output(self, model: str, version: str) -> OutputSpec | None:
+        output = self._outputs.get((model, version))
+        if output is not None:
+            return output
         try:
-            return self.registry.manifest(model, version).output
+            output = self._outputs[(model, version)] = self.registry.manifest(model, version).output
         except Exception as exc:  # a version gone from the registry: accuracy still works
             log.warning("quality of %s:%s without its manifest: %s", model, version, exc)
-            return None
+        return output

@@ -157,3 +157,34 @@ def test_windows_far_apart_are_computed_apart(
         "WHERE pipeline = 'apart' AND segment = 'all' ORDER BY window_start"
     ).result_rows
     assert rows == [(oldest, 10), (newest, 10)]
+
+
+class CountingRegistry(ModelRegistry):
+    """The registry, counting the manifests read from it."""
+
+    reads = 0
+
+    def manifest(self, name: str, version: str) -> ModelManifest:
+        self.reads += 1
+        return super().manifest(name, version)
+
+
+def test_each_versions_manifest_is_read_once(
+    clickhouse: ClickHouse, registry: ModelRegistry, manifest: ModelManifest
+) -> None:
+    """Every run computes windows, but a version's output spec comes from its manifest
+    once: reading it runs a YAML parser on the worker's writer thread."""
+    pipeline = PIPELINE.model_copy(update={"name": "manifests"})
+    now = datetime.now(UTC)
+    start = int((now - timedelta(minutes=10)).timestamp()) // 60 * 60_000
+    sink = ClickHouseSink(clickhouse)
+    ids = [f"m{i}" for i in range(10)]
+    message = scored(manifest, ids, ["legit"] * 10, start + 1_000, pipeline)
+    sink.insert_arrow("prediction_log", logbatch.COLUMNS, message, 10)
+    counting = CountingRegistry(registry.root)
+    job = QualityJob(pipeline, counting)
+
+    runs = [job.run(clickhouse.client, now + timedelta(seconds=s)) for s in (0, 1, 2)]
+
+    assert [r.written for r in runs] == [1, 1, 1]
+    assert counting.reads == 1
