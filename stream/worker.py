@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ from stream.sinks.clickhouse import (
 )
 
 log = logging.getLogger(__name__)
+
+# How long a thread may hold the interpreter lock while another waits for it. The
+# engine thread lets go of it in every call into C (consume, ONNX, produce) and waits
+# to take it back while the logger, the ClickHouse writer or faust's loops run Python:
+# with Python's 5 ms, up to 5 ms a time, often several in a row.
+SWITCH_INTERVAL_S = 0.001
 
 
 def build_serdes(
@@ -91,6 +98,7 @@ def _open_clickhouse(settings: Settings) -> ClickHouse:
 
 def run_worker(settings: Settings, pipeline_files: list[Path]) -> None:
     """Check every setting and service, then run until stopped (SIGTERM / Ctrl-C)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     pipelines = [load_pipeline(path) for path in pipeline_files]
     kafka_config = settings.kafka_config()
     wait_for_broker(kafka_config)
