@@ -151,7 +151,9 @@ class QualityJob:
     open_alerts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     judged_until: dict[tuple[str, str], int] = field(default_factory=dict)
     # Each version's output spec, read from the registry once (not on every run).
-    _outputs: dict[tuple[str, str], OutputSpec] = field(default_factory=dict, repr=False)
+    _outputs: dict[tuple[str, str], OutputSpec] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def window_ms(self) -> int:
