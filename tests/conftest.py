@@ -30,6 +30,20 @@ def manifest(trained_model: tuple[bytes, ModelManifest]) -> ModelManifest:
     return trained_model[1]
 
 
+@pytest.fixture
+def manifests_parsed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders whose manifest files are parsed during the test, in order."""
+    parsed: list[Path] = []
+    read = ModelManifest.read
+
+    def counting_read(folder: Path) -> ModelManifest:
+        parsed.append(folder)
+        return read(folder)
+
+    monkeypatch.setattr(ModelManifest, "read", counting_read)
+    return parsed
+
+
 @pytest.fixture(scope="session")
 def registry(
     tmp_path_factory: pytest.TempPathFactory, trained_model: tuple[bytes, ModelManifest]

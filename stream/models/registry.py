@@ -13,6 +13,10 @@ from stream.models.runtime import OnnxModel
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Each version's manifest as parsed, with the stat of the file it came from:
+        # the monitor and the quality job ask for it on every window, and parsing YAML
+        # holds the interpreter lock that the scoring thread needs.
+        self._manifests: dict[tuple[str, str], tuple[tuple[int, int, int], ModelManifest]] = {}
 
     def folder(self, name: str, version: str) -> Path:
         return self.root / name / version
@@ -32,15 +36,27 @@ class ModelRegistry:
         return str(max(numbers, default=0) + 1)
 
     def manifest(self, name: str, version: str) -> ModelManifest:
+        """A version's manifest, read again only when its file changed (a new register)."""
         folder = self.folder(name, version)
         if not folder.is_dir():
             raise ModelLoadError(f"model {name}:{version} is not in the registry at {self.root}")
+        try:
+            stat = (folder / MANIFEST_FILE).stat()
+        except FileNotFoundError:
+            stamp = None
+        else:
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            cached = self._manifests.get((name, version))
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
         manifest = ModelManifest.read(folder)
         if manifest.name != name or manifest.version != version:
             raise ModelLoadError(
                 f"{folder}: manifest says {manifest.name}:{manifest.version}, "
                 f"folder says {name}:{version}"
             )
+        if stamp is not None:
+            self._manifests[(name, version)] = (stamp, manifest)
         return manifest
 
     def load(self, name: str, version: str) -> OnnxModel:

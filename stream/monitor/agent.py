@@ -34,7 +34,6 @@ from confluent_kafka import Producer
 
 from stream.deploy.control import EVENTS_TOPIC
 from stream.errors import ServiceError, SinkUnavailable
-from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
 from stream.monitor.alerts import ALERT_COLUMNS, Alert, alert_row, track, window_facts
 from stream.monitor.drift import feature_drift
@@ -77,7 +76,6 @@ class MonitorAgent:
         self._writer = writer
         self._kafka_config = kafka_config
         self._producer: Producer | None = None  # created on the writer thread, used only there
-        self._manifests: dict[tuple[str, str], ModelManifest] = {}
         self.windows_written = 0
         self.late_partials = 0
         self.events_merged = 0
@@ -263,18 +261,12 @@ class MonitorAgent:
             self.table[key] = state
         return len(due) - written
 
-    def _manifest(self, model: str, version: str) -> ModelManifest:
-        manifest = self._manifests.get((model, version))
-        if manifest is None:
-            manifest = self._manifests[(model, version)] = self.registry.manifest(model, version)
-        return manifest
-
     async def _write(
         self, window: ClosedWindow, open_alerts: dict[str, dict[str, Any]]
     ) -> dict[str, dict[str, Any]]:
         """Write the window's rows and alert records; return the open alerts after it."""
         spec = self.pipeline.monitor
-        manifest = self._manifest(window.model, window.version)
+        manifest = self.registry.manifest(window.model, window.version)
         now = datetime.now(UTC)
         drift = feature_drift(manifest, window.stats, spec)
         latency = [latency_row(window, manifest, now)]

@@ -150,10 +150,6 @@ class QualityJob:
     # Accuracy alerts: per model version, the open alerts and the newest window judged.
     open_alerts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     judged_until: dict[tuple[str, str], int] = field(default_factory=dict)
-    # Each version's output spec, read from the registry once (not on every run).
-    _outputs: dict[tuple[str, str], OutputSpec] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     @property
     def window_ms(self) -> int:
@@ -347,11 +343,8 @@ class QualityJob:
         client.command(QUALITY_SQL, parameters=parameters)
 
     def _output(self, model: str, version: str) -> OutputSpec | None:
-        output = self._outputs.get((model, version))
-        if output is not None:
-            return output
         try:
-            output = self._outputs[(model, version)] = self.registry.manifest(model, version).output
+            return self.registry.manifest(model, version).output
         except Exception as exc:  # a version gone from the registry: accuracy still works
             log.warning("quality of %s:%s without its manifest: %s", model, version, exc)
-        return output
+            return None

@@ -26,6 +26,25 @@ def test_manifest_round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
     assert ModelManifest.read(tmp_path) == manifest
 
 
+def test_a_versions_manifest_is_parsed_again_only_when_registered_again(
+    trained_model: tuple[bytes, ModelManifest], tmp_path: Path, manifests_parsed: list[Path]
+) -> None:
+    """The monitor and the quality job ask for a manifest on every window; a YAML parse
+    holds the interpreter lock the scoring thread needs, so it happens once per file."""
+    onnx_bytes, manifest = trained_model
+    registry = ModelRegistry(tmp_path)
+    registry.register(onnx_bytes, manifest)
+
+    first = [registry.manifest("payments-fraud", "1") for _ in range(3)]
+    output = manifest.output.model_copy(update={"threshold": 0.61})
+    registry.register(onnx_bytes, manifest.model_copy(update={"output": output}))
+    again = registry.manifest("payments-fraud", "1")
+
+    assert len(manifests_parsed) == 2
+    assert first == [manifest] * 3
+    assert again.output.threshold == 0.61
+
+
 def test_checksum_mismatch_is_rejected(
     trained_model: tuple[bytes, ModelManifest], tmp_path: Path
 ) -> None:
