@@ -65,8 +65,15 @@ class Worker(faust.Worker):
     stampede guard around topic creation sets the result of a future the stop
     cancelled: ``InvalidStateError``). The stop itself goes on as usual (the
     engines checkpoint); without this the process exited 1 for a stop it was
-    asked for.
+    asked for. And a worker that is not a terminal session: no start-up spinner.
     """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """No terminal spinner: faust's, at WARNING and above, set the root logger to
+        DEBUG to spin once per record, so every thread built a record for every debug
+        call of every library (aiokafka's for each fetch) only for the handler to drop
+        it, and the spinner's escape codes went into the worker's log."""
+        self.spinner = None
 
     async def start(self) -> None:
         try:

@@ -44,6 +44,21 @@ def test_a_failure_while_starting_after_a_stop_signal_is_the_stop(
     assert "faust stopped while it was starting: InvalidStateError" in caplog.text
 
 
+def test_the_root_logger_keeps_the_configured_level(worker: Worker) -> None:
+    """faust's start-up spinner would set the root logger to DEBUG at WARNING and above."""
+    root = logging.getLogger()
+    before = root.level, list(root.handlers)
+    try:
+        root.setLevel(logging.WARNING)
+        worker.on_setup_root_logger(root, logging.WARNING)
+        assert root.level == logging.WARNING
+        assert root.handlers == before[1]
+        assert not root.isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before[0])
+        root.handlers[:] = before[1]
+
+
 @dataclass
 class Engine:
     alive: bool = True
