@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 100_000
 MAX_LABELS = 20_000
 FLUSH_SECONDS = 1.0
+# Records taken from the consumer per call. A call copies its records' values into
+# Python while it holds the interpreter lock, which the scoring thread then waits
+# for: 50 log messages of 250 KB held it for 8-15 ms, 4 for about 1 ms.
+MESSAGES_PER_CALL = 4
 
 
 class PredictionLogger(BackgroundLoop):
@@ -107,7 +111,7 @@ class PredictionLogger(BackgroundLoop):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            for m in consumer.consume(50, min(remaining, 0.5)):
+            for m in consumer.consume(MESSAGES_PER_CALL, min(remaining, 0.5)):
                 if not usable(m, self.name):
                     continue
                 records.append(m)
