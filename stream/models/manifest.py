@@ -17,7 +17,7 @@ MANIFEST_FILE = "model.yaml"
 ONNX_FILE = "model.onnx"
 # libyaml's parser where PyYAML was built with it: the same values, about seven times
 # faster than the pure-Python one, which in a worker also holds back the scoring
-# thread (it takes the interpreter lock in 5 ms turns while it parses).
+# thread (it takes the interpreter lock a switch interval at a time while it parses).
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
