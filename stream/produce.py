@@ -90,7 +90,10 @@ class PacedProducer:
         self._producer = Producer(
             {
                 **kafka_config,
-                "linger.ms": 10,
+                # librdkafka's default. An event's time is taken when it is produced, so
+                # the linger is part of its end-to-end latency: with 10 ms the bench's
+                # latency runs had a higher p99 (docs/performance.md), with 1 ms too.
+                "linger.ms": 5,
                 "compression.type": "lz4",
                 "enable.idempotence": True,
                 # Reports of failures only: no Python call per event that Kafka took.
