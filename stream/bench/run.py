@@ -40,7 +40,7 @@ from stream.bench.engines import (
     run_peer,
     run_pipeline,
 )
-from stream.bench.targets import judge
+from stream.bench.targets import judge, median_rate
 from stream.bench.workload import SCHEMA_FILE, float_events, schemas_folder, train_float_model
 from stream.demo.data import train_demo_model
 from stream.demo.run import kafka
@@ -520,12 +520,14 @@ def _print(report: dict[str, Any], console: Console) -> None:
     table = Table(title="throughput: median of the runs (min-max)")
     for column in ("engine", "events/s", "x bare", "CPU s / 1k events", "peak RSS MiB"):
         table.add_column(column, justify="left" if column == "engine" else "right")
+    # From the medians as the targets take them, so both tables print the same ratio.
+    bare = median_rate(report["engines"], "bare")
     for entry in report["engines"].values():
         median = entry.get("median")
         if median is None:
             table.add_row(entry["title"], entry.get("error", "no runs"), "", "", "")
             continue
-        ratio = entry.get("ratio_to_bare")
+        ratio = median["events_per_s"] / bare if bare else None
         table.add_row(
             entry["title"],
             f"{median['events_per_s']:,.0f} ({median['events_per_s_min']:,.0f}-"

@@ -36,7 +36,8 @@ def judge(report: dict[str, Any]) -> list[Verdict]:
     ]
 
 
-def _rate(engines: dict[str, Any], engine: str) -> float | None:
+def median_rate(engines: dict[str, Any], engine: str) -> float | None:
+    """The engine's median events/s in a report, None where it has none."""
     median = engines.get(engine, {}).get("median")
     return None if median is None else float(median["events_per_s"])
 
@@ -52,7 +53,7 @@ def _unsteady(engines: dict[str, Any], *names: str) -> str | None:
 
 def _faster(engines: dict[str, Any], peer: str, times: float) -> Verdict:
     target = f"pipeline ≥ {times:g}x {_TITLES[peer]}"
-    ours, theirs = _rate(engines, "pipeline"), _rate(engines, peer)
+    ours, theirs = median_rate(engines, "pipeline"), median_rate(engines, peer)
     if ours is None or theirs is None:
         return Verdict(target, f"not measured: --engines with pipeline and {peer}", None)
     ratio = ours / theirs
@@ -64,7 +65,7 @@ def _faster(engines: dict[str, Any], peer: str, times: float) -> Verdict:
 
 def _exactly_once(engines: dict[str, Any]) -> Verdict:
     target = f"exactly-once costs ≤ {EXACTLY_ONCE_MAX_COST:.0%} of at-least-once's events/s"
-    eos, alo = _rate(engines, "pipeline-eos"), _rate(engines, "pipeline")
+    eos, alo = median_rate(engines, "pipeline-eos"), median_rate(engines, "pipeline")
     if eos is None or alo is None:
         return Verdict(target, "not measured: --engines with pipeline and pipeline-eos", None)
     cost = 1.0 - eos / alo
