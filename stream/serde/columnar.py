@@ -72,10 +72,18 @@ def _varints(values: np.ndarray) -> _Segment:
     if v.size == 0:
         return _Segment(np.empty((0, 1), dtype=np.uint8), width=1)
     zigzag = ((v << 1) ^ (v >> 63)).view(np.uint64)
+    # Most columns have one width (string lengths under 64, times of one magnitude):
+    # one fixed-width block, which the payloads' assembly copies with its neighbours.
+    low, high = (max(int(x).bit_length(), 1) for x in (zigzag.min(), zigzag.max()))
+    width = -(-high // 7)
+    if width == -(-low // 7):
+        if width == 1:
+            return _Segment(zigzag.astype(np.uint8).reshape(-1, 1), width=1)
+        fixed = (zigzag[:, None] >> _SHIFTS[:width]) & np.uint64(0x7F)
+        fixed[:, :-1] |= np.uint64(0x80)
+        return _Segment(fixed.astype(np.uint8), width=width)
     groups = (zigzag[:, None] >> _SHIFTS) & np.uint64(0x7F)
     nbytes = 1 + (zigzag[:, None] >= (np.uint64(1) << _SHIFTS[1:])).sum(axis=1)
-    if int(nbytes.max()) == 1:
-        return _Segment(groups[:, :1].astype(np.uint8), width=1)
     keep = np.arange(10) < nbytes[:, None]
     more = np.arange(10) < (nbytes - 1)[:, None]
     encoded = (groups | np.where(more, np.uint64(0x80), np.uint64(0))).astype(np.uint8)

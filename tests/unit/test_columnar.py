@@ -99,6 +99,28 @@ def test_payloads_are_fastavros(batch: tuple[dict[str, Any], dict[str, Any], Any
     assert writer.write(columns, constants, rows) == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 62), st.booleans(), st.integers(2, 12), st.integers(0, 2**32))
+def test_longs_of_one_varint_width_are_fastavros(
+    bits: int, negative: bool, rows: int, seed: int
+) -> None:
+    # Every row's varint as long as the others' (lengths, times of one magnitude): the
+    # writer's fixed-width path. Mixed widths are in the batches above.
+    rng = np.random.default_rng(seed)
+    values = rng.integers(2**bits, 2 ** (bits + 1), rows, dtype=np.uint64).astype(np.int64)
+    if negative:
+        values = -values - 1  # zig-zag maps -1 - v next to v: the same width
+    schema = parse_schema(
+        {"type": "record", "name": "R", "fields": [{"name": "t", "type": "long"}]}
+    )
+    writer = ColumnWriter.of(schema)
+    assert writer is not None
+    columns = {"t": values}
+    expected = fastavro_payloads(schema, records_of(columns, {}, rows))
+    assert writer.write(columns, {}, rows) == expected
+    assert len({len(p) for p in expected}) == 1
+
+
 def test_predictions_with_a_registry_header_are_fastavros() -> None:
     schema = load_schema(PROJECT_ROOT / "schemas", "prediction.avsc")
     serde = AvroSerde(schema, registry=None, schema_id=42)
