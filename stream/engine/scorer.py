@@ -32,7 +32,7 @@ from stream.errors import (
 )
 from stream.models.key import ModelKey
 from stream.models.runtime import Prediction
-from stream.quality.logbatch import PredictionLogBatch
+from stream.quality.logbatch import MAX_ROWS, PredictionLogBatch
 from stream.serde import Serde, SerdeContext
 from stream.serde.columnar import take
 from stream.settings import PipelineConfig
@@ -185,6 +185,11 @@ class BatchScorer:
         if kept:
             self._route(runtime, kept, events)
         self._attribute_cpu(runtime)
+        if self.log.rows >= MAX_ROWS:
+            self.flush_log()
+
+    def flush_log(self) -> None:
+        """Produce the prediction log's rows so far: before the outputs are acknowledged."""
         for message in self.log.drain():
             self.writer.produce(self.pipeline.log_topic, message)
 

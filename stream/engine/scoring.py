@@ -47,6 +47,8 @@ class ScoringEngine(BackgroundLoop):
 
     Checkpoint order (the one place it is written down, see ``checkpoint``):
 
+    - both: the prediction log's rows not yet produced are produced (the
+      scorer produces them every ``MAX_ROWS`` rows, and here the rest).
     - at-least-once: partial aggregates produced → producer flushed, every
       output acknowledged (predictions, review items, dead letters, shadow
       predictions, the prediction log's batches) → consumed offsets
@@ -194,6 +196,7 @@ class ScoringEngine(BackgroundLoop):
 
     def checkpoint(self, last: bool = False) -> None:
         """Commit what was scored since the last checkpoint, in the order the class doc gives."""
+        self.scorer.flush_log()
         if self.transactional:
             self._commit_transaction(begin_next=not last)
             self._produce_partials()

@@ -106,3 +106,32 @@ def test_a_batch_with_the_features_as_a_map_is_read_as_todays_columns() -> None:
     assert again[2]["feature_values"] == rows[2]["feature_values"]
     assert [r["event_id"] for r in again] == [r["event_id"] for r in rows]
     assert [dict(r["segments"]) for r in again] == [dict(r["segments"]) for r in rows]
+
+
+def test_groups_of_other_versions_and_inputs_drain_into_one_batch() -> None:
+    # A split or a shadow: groups of two model versions whose inputs differ, added in turns.
+    batch = PredictionLogBatch(pipeline(segments=["channel"]))
+    add(batch, 2)
+    batch.add(
+        "m", "2", [b"x0", b"x1", b"x2"], ["x0", "x1", "x2"], ["shadow"] * 3, ["legit"] * 3,
+        np.full(3, 0.2), np.full(3, 0.8), np.full(3, 2_000, np.int64), 2_500, np.full(3, 500.0),
+        ["amount", "gap", "hour"], np.arange(9, dtype=np.float64).reshape(3, 3),
+        [{"channel": "pos"}] * 3,
+    )  # fmt: skip
+    add(batch, 1, first=2)
+    assert batch.rows == 6
+    (message,) = batch.drain()
+    assert batch.rows == 0 and batch.drain() == []
+    rows = decode([message]).to_pylist()
+    assert [(r["event_id"], r["model_version"], r["variant"]) for r in rows] == [
+        ("e0", "1", "champion"), ("e1", "1", "champion"),
+        ("x0", "2", "shadow"), ("x1", "2", "shadow"), ("x2", "2", "shadow"),
+        ("e2", "1", "champion"),
+    ]  # fmt: skip
+    assert [json.loads(r["feature_names"]) for r in rows[1:4]] == [
+        ["amount", "gap"], ["amount", "gap", "hour"], ["amount", "gap", "hour"]
+    ]  # fmt: skip
+    assert rows[3]["feature_values"] == [3.0, 4.0, 5.0]
+    assert rows[5]["feature_values"][0] == 0.0 and math.isnan(rows[5]["feature_values"][1])
+    assert [r["scored_time"].timestamp() for r in rows] == [1.5, 1.5, 2.5, 2.5, 2.5, 1.5]
+    assert [dict(r["segments"])["channel"] for r in rows] == ["app", "web", *["pos"] * 3, "app"]

@@ -18,7 +18,7 @@ from stream.models.key import ModelKey
 from stream.models.registry import ModelRegistry
 from stream.models.runtime import OnnxModel, Prediction
 from stream.monitor.histograms import batch_bucket
-from stream.quality.logbatch import decode
+from stream.quality.logbatch import MAX_ROWS, decode
 from stream.serde import AvroSerde, JsonSerde, SerdeContext, load_schema
 from stream.settings import PROJECT_ROOT, PipelineConfig
 from tests.unit.fakes import FakeProducer, FakeRecord
@@ -360,7 +360,7 @@ def test_cpu_time_is_shared_by_the_versions_a_batch_scored(registry: ModelRegist
     assert batch_bucket(256) == 8 and batch_bucket(257) == 9
 
 
-def test_every_prediction_and_shadow_prediction_is_logged_with_the_batch(
+def test_every_prediction_and_shadow_prediction_is_logged_by_the_checkpoint(
     registry: ModelRegistry,
 ) -> None:
     state = initial_state("payments", V1).deploy(V2, shadow=True)
@@ -368,6 +368,8 @@ def test_every_prediction_and_shadow_prediction_is_logged_with_the_batch(
     scorer, producer = make_scorer(build_runtime(pipeline, state.current, registry), pipeline)
     recs, evs = records(50)
     scorer.score(recs)
+    assert producer.on("payments.log") == [], "held until MAX_ROWS rows or the checkpoint"
+    scorer.flush_log()  # what the engine's checkpoint does first
     (message,) = producer.on("payments.log")
     rows = decode([message.value]).to_pylist()
     assert sorted((r["model_version"], r["variant"]) for r in rows) == sorted(
@@ -379,3 +381,17 @@ def test_every_prediction_and_shadow_prediction_is_logged_with_the_batch(
         assert dict(row["segments"]) == {"channel": e["channel"]}
         features = dict(zip(json.loads(row["feature_names"]), row["feature_values"], strict=True))
         assert features["amount"] == pytest.approx(e["amount"])
+
+
+def test_the_log_is_produced_every_max_rows_rows(runtime: Runtime) -> None:
+    scorer, producer = make_scorer(runtime)
+    recs, _ = records(MAX_ROWS + 200)
+    scorer.score(recs[: MAX_ROWS - 100])
+    assert producer.on("payments.log") == []
+    scorer.score(recs[MAX_ROWS - 100 :])  # past MAX_ROWS: produced at once, in full batches
+    messages = producer.on("payments.log")
+    assert [decode([m.value]).num_rows for m in messages] == [MAX_ROWS, 200]
+    rows = decode([m.value for m in messages]).column("event_id").to_pylist()
+    assert rows == [r.key().decode() for r in recs]
+    scorer.flush_log()
+    assert len(producer.on("payments.log")) == 2, "nothing left to produce"
