@@ -102,6 +102,19 @@ def _blobs(values: Sequence[bytes], rows: int) -> list[_Segment]:
 
 
 def _encode_string(values: Any, rows: int) -> list[_Segment]:
+    # One text in every row (a variant column): written once, as a constant.
+    if (
+        isinstance(values, list)
+        and rows
+        and type(values[0]) is str
+        and values.count(values[0]) == rows
+    ):
+        try:
+            text = values[0].encode()
+        except UnicodeEncodeError:
+            raise Unsupported("a string column holds something else") from None
+        length = _varints(np.array([len(text)], dtype=np.int64)).data.tobytes()
+        return [_constant(length + text, rows)]
     # Arrow's conversion checks and encodes the strings in C, into one buffer.
     try:
         array = pa.array(values, type=pa.string(), size=rows)
@@ -117,7 +130,7 @@ def _encode_string(values: Any, rows: int) -> list[_Segment]:
 
 
 def _encode_bytes(values: Any, rows: int) -> list[_Segment]:
-    if not all(type(v) is bytes for v in values):
+    if rows and set(map(type, values)) != {bytes}:  # each value's type, looked at in C
         raise Unsupported("a bytes column holds something else")
     return _blobs(values, rows)
 
@@ -210,6 +223,8 @@ def _nullable(encode: _Encode, null_index: int) -> _Encode:
 
     def encode_union(values: Any, rows: int) -> list[_Segment]:
         if isinstance(values, np.ndarray) and values.dtype != object:
+            return [_constant(value_byte, rows), *encode(values, rows)]
+        if isinstance(values, list) and None not in values:  # a scan in C
             return [_constant(value_byte, rows), *encode(values, rows)]
         nulls = np.fromiter((v is None for v in values), dtype=bool, count=rows)
         if not nulls.any():
@@ -338,13 +353,18 @@ class ColumnWriter:
 def _assemble(segments: list[_Segment], rows: int) -> list[bytes]:
     # Neighbouring fixed-width parts become one block: one copy for them all.
     merged: list[_Segment] = []
-    for segment in segments:
-        last = merged[-1] if merged else None
-        if segment.width is not None and last is not None and last.width is not None:
-            merged[-1] = _Segment(
-                np.hstack([last.data, segment.data]), width=last.width + segment.width
-            )
-        else:
+    run: list[_Segment] = []
+    for segment in [*segments, None]:
+        if segment is not None and segment.width is not None:
+            run.append(segment)
+            continue
+        if len(run) == 1:
+            merged.append(run[0])
+        elif run:
+            block = np.concatenate([part.data for part in run], axis=1)
+            merged.append(_Segment(block, width=block.shape[1]))
+        run = []
+        if segment is not None:
             merged.append(segment)
     sizes = np.zeros(rows, dtype=np.int64)
     for segment in merged:

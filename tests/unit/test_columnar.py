@@ -121,6 +121,18 @@ def test_longs_of_one_varint_width_are_fastavros(
     assert len({len(p) for p in expected}) == 1
 
 
+@pytest.mark.parametrize("text", ["champion", "", "rule:country=DÉ", "分流"])
+def test_a_string_column_of_one_value_is_fastavros(text: str) -> None:
+    # A variant column: the same text in every row, written as a constant.
+    fields = [{"name": "variant", "type": "string"}, {"name": "n", "type": "long"}]
+    schema = parse_schema({"type": "record", "name": "R", "fields": fields})
+    writer = ColumnWriter.of(schema)
+    assert writer is not None
+    columns = {"variant": [text] * 5, "n": np.arange(5)}
+    expected = fastavro_payloads(schema, records_of(columns, {}, 5))
+    assert writer.write(columns, {}, 5) == expected
+
+
 def test_predictions_with_a_registry_header_are_fastavros() -> None:
     schema = load_schema(PROJECT_ROOT / "schemas", "prediction.avsc")
     serde = AvroSerde(schema, registry=None, schema_id=42)
