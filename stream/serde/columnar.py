@@ -466,12 +466,13 @@ class _Reading:
 
     def varints(self, active: np.ndarray | None) -> np.ndarray:
         """Every row's next zig-zag varint, as int64; one beyond 64 bits makes its row bad."""
+        first = self.gather(1)[:, 0]
+        if not (first >= 0x80).any():  # one byte in every row (enum indexes, short lengths)
+            self.advance(1, active)
+            z = first.astype(np.int64)
+            return (z >> 1) ^ -(z & 1)
         head = self.gather(10)
         more = head >= 0x80
-        if not more[:, 0].any():
-            self.advance(1, active)
-            z = head[:, 0].astype(np.int64)
-            return (z >> 1) ^ -(z & 1)
         nbytes = np.argmin(more, axis=1) + 1
         # Ten bytes at most, and the tenth holds bit 63 alone: anything else overflows.
         self.flag(more.all(axis=1) | ((nbytes == 10) & (head[:, 9] > 1)), active)
