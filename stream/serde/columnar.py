@@ -90,6 +90,11 @@ def _varints(values: np.ndarray) -> _Segment:
     return _Segment(encoded[keep], lengths=nbytes.astype(np.int64))
 
 
+def _varint(value: int) -> bytes:
+    """One zig-zag varint, as the bytes every row shares (a length, an item count)."""
+    return _varints(np.array([value], dtype=np.int64)).data.tobytes()
+
+
 def _constant(data: bytes, rows: int) -> _Segment:
     row = np.frombuffer(data, dtype=np.uint8)
     return _Segment(np.broadcast_to(row, (rows, row.size)), width=row.size)
@@ -113,8 +118,7 @@ def _encode_string(values: Any, rows: int) -> list[_Segment]:
             text = values[0].encode()
         except UnicodeEncodeError:
             raise Unsupported("a string column holds something else") from None
-        length = _varints(np.array([len(text)], dtype=np.int64)).data.tobytes()
-        return [_constant(length + text, rows)]
+        return [_constant(_varint(len(text)) + text, rows)]
     # Arrow's conversion checks and encodes the strings in C, into one buffer.
     try:
         array = pa.array(values, type=pa.string(), size=rows)
@@ -192,7 +196,7 @@ def _array(items: str) -> _Encode:
         n = array.shape[1]
         if n == 0:
             return [_constant(b"\x00", rows)]
-        head = _varints(np.array([n], dtype=np.int64)).data.tobytes()
+        head = _varint(n)
         if item is not None:
             if array.dtype.kind not in "fiu":
                 raise Unsupported("a float array column holds something else")
