@@ -42,6 +42,11 @@ _REBALANCING = {
 }
 
 
+def _deferrable(err: KafkaError) -> bool:
+    """A commit error that passes: a rebalance, or the coordinator away (broker restart)."""
+    return err.code() in _REBALANCING or err.retriable()
+
+
 class ScoringEngine(BackgroundLoop):
     """The hot path of one pipeline in one worker process, on its own thread.
 
@@ -53,7 +58,12 @@ class ScoringEngine(BackgroundLoop):
       output acknowledged (predictions, review items, dead letters, shadow
       predictions, the prediction log's batches) → consumed offsets
       committed. A crash anywhere before the commit replays the events since
-      the last checkpoint (duplicates bounded by one checkpoint interval).
+      the last commit the broker took (duplicates bounded by about one
+      checkpoint interval).
+      The periodic checkpoint sends the commit and goes on scoring: the
+      outputs it covers are already acknowledged, and a commit that fails is
+      sent again with the next one. A revoke and the last checkpoint wait for
+      theirs, and include any commit still unanswered.
     - exactly-once: outputs and consumed offsets are committed together in one
       Kafka transaction → then the partial aggregates are produced (outside it,
       so the monitor never reads aborted data). A crash before the commit
@@ -104,6 +114,9 @@ class ScoringEngine(BackgroundLoop):
         self._pending_lock = threading.Lock()
         self.policy = BatchPolicy(pipeline.batch.max_size, pipeline.batch.max_wait_ms / 1000.0)
         self._offsets: dict[tuple[str, int], int] = {}
+        # Offsets committed without waiting and not yet answered (see _on_commit).
+        self._unanswered: dict[tuple[str, int], int] = {}
+        self._commit_failure: KafkaException | None = None
         self._consumer: Consumer | None = None
         self._broken = False
         self._owned: set[tuple[str, int]] = set()
@@ -149,7 +162,10 @@ class ScoringEngine(BackgroundLoop):
 
     def _loop(self) -> None:
         consumer = group_consumer(
-            self._kafka_config, self.pipeline.engine_group, f"{self.worker_id}-engine"
+            self._kafka_config,
+            self.pipeline.engine_group,
+            f"{self.worker_id}-engine",
+            on_commit=self._on_commit,
         )
         self._consumer = consumer
         consumer.subscribe(
@@ -178,7 +194,7 @@ class ScoringEngine(BackgroundLoop):
                         self._offsets[(m.topic(), m.partition())] = m.offset() + 1
                 self.writer.poll()
                 if time.monotonic() >= next_checkpoint:
-                    self.checkpoint()
+                    self.checkpoint(wait=False)
                     self._measure_lag()
                     next_checkpoint = time.monotonic() + interval
             self.checkpoint(last=True)
@@ -187,6 +203,7 @@ class ScoringEngine(BackgroundLoop):
             # not even from the revoke that closing the consumer triggers.
             self._broken = True
             self._offsets.clear()
+            self._unanswered.clear()
             if self.transactional:
                 self._abort()
             raise
@@ -194,8 +211,14 @@ class ScoringEngine(BackgroundLoop):
             consumer.close()
             self._consumer = None
 
-    def checkpoint(self, last: bool = False) -> None:
-        """Commit what was scored since the last checkpoint, in the order the class doc gives."""
+    def checkpoint(self, last: bool = False, wait: bool = True) -> None:
+        """Commit what was scored since the last checkpoint, in the order the class doc gives.
+
+        ``wait=False`` (at-least-once only): send the commit and return; its
+        answer comes to ``_on_commit`` during a later consume call.
+        """
+        if self._commit_failure is not None:
+            raise self._commit_failure
         self.scorer.flush_log()
         if self.transactional:
             self._commit_transaction(begin_next=not last)
@@ -204,20 +227,57 @@ class ScoringEngine(BackgroundLoop):
             return
         self._produce_partials()
         self.writer.acknowledge()
-        if self._offsets and self._consumer is not None:
-            try:
-                self._consumer.commit(offsets=self._offset_list(), asynchronous=False)
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.code() not in _REBALANCING and not err.retriable():
-                    raise
-                # A rebalance, or the coordinator is away (broker restart): keep the
-                # offsets for the next checkpoint (or the revoke). Events a next owner
-                # re-reads are scored again.
-                log.warning("commit deferred: %s", err.str())
-                return
-            self._offsets.clear()
+        # Waiting, the commit also repeats those still unanswered: a revoke's or the
+        # last one must cover everything scored.
+        offsets = self._offsets if not wait else {**self._unanswered, **self._offsets}
+        if not offsets or self._consumer is None:
+            return
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if wait:
+                self._consumer.commit(offsets=partitions, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=partitions, asynchronous=True)
+        except KafkaException as exc:
+            if not _deferrable(exc.args[0]):
+                raise
+            # A rebalance, or the coordinator is away (broker restart): keep the
+            # offsets for the next checkpoint (or the revoke). Events a next owner
+            # re-reads are scored again.
+            log.warning("commit deferred: %s", exc.args[0].str())
+            return
+        if wait:
+            self._unanswered.clear()
             self.counters.commits += 1
+        else:
+            self._unanswered.update(self._offsets)
+        self._offsets.clear()
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The answer to a commit sent without waiting.
+
+        A commit that failed for a reason that passes (a rebalance, the
+        coordinator away) goes back into the next checkpoint's offsets, unless
+        that partition was scored further since; any other failure stops the
+        engine at its next checkpoint, as a failed commit that waited does.
+        """
+        failed = [tp for tp in partitions if tp.error is not None]
+        errors = [tp.error for tp in partitions if tp.error is not None]
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if self._unanswered.get(key) == tp.offset:
+                del self._unanswered[key]
+        if err is None and not errors:
+            self.counters.commits += 1
+            return
+        error = err if err is not None else errors[0]
+        if not _deferrable(error):
+            self._commit_failure = KafkaException(error)
+            return
+        log.warning("commit deferred: %s", error.str())
+        for tp in failed or partitions:
+            if (tp.topic, tp.partition) in self._owned:
+                self._offsets.setdefault((tp.topic, tp.partition), tp.offset)
 
     def _offset_list(self) -> list[TopicPartition]:
         """The next offset to consume of every partition scored since the last commit."""
@@ -331,5 +391,6 @@ class ScoringEngine(BackgroundLoop):
             self.checkpoint()
         for tp in partitions:
             self._offsets.pop((tp.topic, tp.partition), None)
+            self._unanswered.pop((tp.topic, tp.partition), None)
             self._owned.discard((tp.topic, tp.partition))
         self.counters.assigned = []

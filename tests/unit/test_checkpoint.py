@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -48,10 +49,13 @@ class JournalConsumer:
         self.committed: list[TopicPartition] = []
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        assert asynchronous is False
         if self.error is not None:
             raise KafkaException(KafkaError(self.error))
-        self.journal.append("commit " + ",".join(f"{tp.partition}@{tp.offset}" for tp in offsets))
+        self.journal.append(
+            "commit "
+            + ",".join(sorted(f"{tp.partition}@{tp.offset}" for tp in offsets))
+            + (" (not waiting)" if asynchronous else "")
+        )
         self.committed.extend(offsets)
 
 
@@ -138,6 +142,87 @@ def test_revoke_checkpoints_then_forgets_the_partitions(engine: ScoringEngine) -
     engine._on_revoke(consumer, [TopicPartition("payments.events", 0)])  # type: ignore[arg-type]
     assert journal[-1] == "commit 0@8"
     assert engine._owned == set()
+
+
+@dataclass
+class Answered:
+    """A partition as ``on_commit`` gets it (a TopicPartition's error cannot be set)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None = None
+
+
+def answer(offsets: dict[int, int], error: int | None = None) -> list[Any]:
+    """What the consumer hands ``on_commit``: each partition, and its error if any."""
+    return [
+        Answered("payments.events", p, o, None if error is None else KafkaError(error))
+        for p, o in offsets.items()
+    ]
+
+
+def test_the_periodic_checkpoint_sends_its_commit_after_the_acknowledgement_without_waiting(
+    engine: ScoringEngine,
+) -> None:
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal))
+    engine.scorer.score(valid_records(1, offset=8))
+    engine._offsets[("payments.events", 0)] = 9
+    engine.checkpoint(wait=False)
+    assert journal[-2:] == ["flush", "commit 0@9 (not waiting)"]
+    assert engine._offsets == {}
+    assert engine.counters.commits == 0  # not until the broker answers
+    engine._on_commit(None, answer({0: 9}))
+    assert engine.counters.commits == 1
+    assert engine._unanswered == {}
+
+
+def test_a_commit_that_failed_in_a_rebalance_goes_into_the_next_checkpoint(
+    engine: ScoringEngine,
+) -> None:
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal))
+    engine._owned = {("payments.events", 0), ("payments.events", 1)}
+    engine._offsets = {("payments.events", 0): 9, ("payments.events", 1): 20}
+    engine.checkpoint(wait=False)
+    engine._offsets[("payments.events", 1)] = 25  # scored further meanwhile
+    engine._on_commit(
+        KafkaError(KafkaError.REBALANCE_IN_PROGRESS),
+        answer({0: 9, 1: 20}, KafkaError.REBALANCE_IN_PROGRESS),
+    )
+    assert engine._offsets == {("payments.events", 0): 9, ("payments.events", 1): 25}
+    assert engine.counters.commits == 0
+    engine.checkpoint(wait=False)
+    assert journal[-1] == "commit 0@9,1@25 (not waiting)"
+
+
+def test_other_failures_of_a_commit_not_waited_for_stop_the_engine_at_its_next_checkpoint(
+    engine: ScoringEngine,
+) -> None:
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal))
+    engine._offsets[("payments.events", 0)] = 9
+    engine.checkpoint(wait=False)
+    engine._on_commit(KafkaError(KafkaError._TRANSPORT), answer({0: 9}))
+    with pytest.raises(KafkaException):
+        engine.checkpoint(wait=False)
+
+
+def test_a_revoke_waits_for_its_commit_and_repeats_those_unanswered(
+    engine: ScoringEngine,
+) -> None:
+    journal: list[str] = []
+    consumer = JournalConsumer(journal)
+    wire(engine, Journal(journal), consumer)
+    engine._owned = {("payments.events", 0), ("payments.events", 1)}
+    engine._offsets = {("payments.events", 0): 9}
+    engine.checkpoint(wait=False)
+    engine._offsets = {("payments.events", 1): 30}
+    engine._on_revoke(consumer, [TopicPartition("payments.events", 0)])  # type: ignore[arg-type]
+    assert journal[-1] == "commit 0@9,1@30"
+    assert engine._unanswered == {}
+    assert engine.counters.commits == 1
 
 
 class TransactionalJournal(Journal):
