@@ -258,10 +258,10 @@ class ScoringEngine(BackgroundLoop):
 
         A commit that failed for a reason that passes (a rebalance, the
         coordinator away) goes back into the next checkpoint's offsets, unless
-        that partition was scored further since; any other failure stops the
-        engine at its next checkpoint, as a failed commit that waited does.
+        that partition was scored further since (a later offset is waiting to
+        be committed, or already sent); any other failure stops the engine at
+        its next checkpoint, as a failed commit that waited does.
         """
-        failed = [tp for tp in partitions if tp.error is not None]
         errors = [tp.error for tp in partitions if tp.error is not None]
         for tp in partitions:
             key = (tp.topic, tp.partition)
@@ -275,9 +275,11 @@ class ScoringEngine(BackgroundLoop):
             self._commit_failure = KafkaException(error)
             return
         log.warning("commit deferred: %s", error.str())
-        for tp in failed or partitions:
-            if (tp.topic, tp.partition) in self._owned:
-                self._offsets.setdefault((tp.topic, tp.partition), tp.offset)
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            failed = err is not None or tp.error is not None
+            if failed and key in self._owned and key not in self._unanswered:
+                self._offsets.setdefault(key, tp.offset)
 
     def _offset_list(self) -> list[TopicPartition]:
         """The next offset to consume of every partition scored since the last commit."""

@@ -197,6 +197,23 @@ def test_a_commit_that_failed_in_a_rebalance_goes_into_the_next_checkpoint(
     assert journal[-1] == "commit 0@9,1@25 (not waiting)"
 
 
+def test_a_failed_commit_answered_after_a_later_one_was_sent_is_not_sent_again(
+    engine: ScoringEngine,
+) -> None:
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal))
+    engine._offsets[("payments.events", 0)] = 9
+    engine.checkpoint(wait=False)
+    engine._offsets[("payments.events", 0)] = 15
+    engine.checkpoint(wait=False)  # sent before the first one's answer came
+    engine._on_commit(
+        KafkaError(KafkaError.REBALANCE_IN_PROGRESS),
+        answer({0: 9}, KafkaError.REBALANCE_IN_PROGRESS),
+    )
+    assert engine._offsets == {}  # 9 would move the group back from 15
+    assert engine._unanswered == {("payments.events", 0): 15}
+
+
 def test_other_failures_of_a_commit_not_waited_for_stop_the_engine_at_its_next_checkpoint(
     engine: ScoringEngine,
 ) -> None:
