@@ -162,6 +162,16 @@ def answer(offsets: dict[int, int], error: int | None = None) -> list[Any]:
     ]
 
 
+def sent_without_waiting(engine: ScoringEngine, offsets: dict[int, int]) -> list[str]:
+    """The engine wired to journals, with ``offsets`` scored and their commit sent."""
+    journal: list[str] = []
+    wire(engine, Journal(journal), JournalConsumer(journal))
+    engine._owned = {("payments.events", p) for p in offsets}
+    engine._offsets = {("payments.events", p): o for p, o in offsets.items()}
+    engine.checkpoint(wait=False)
+    return journal
+
+
 def test_the_periodic_checkpoint_sends_its_commit_after_the_acknowledgement_without_waiting(
     engine: ScoringEngine,
 ) -> None:
@@ -181,11 +191,7 @@ def test_the_periodic_checkpoint_sends_its_commit_after_the_acknowledgement_with
 def test_a_commit_that_failed_in_a_rebalance_goes_into_the_next_checkpoint(
     engine: ScoringEngine,
 ) -> None:
-    journal: list[str] = []
-    wire(engine, Journal(journal), JournalConsumer(journal))
-    engine._owned = {("payments.events", 0), ("payments.events", 1)}
-    engine._offsets = {("payments.events", 0): 9, ("payments.events", 1): 20}
-    engine.checkpoint(wait=False)
+    journal = sent_without_waiting(engine, {0: 9, 1: 20})
     engine._offsets[("payments.events", 1)] = 25  # scored further meanwhile
     engine._on_commit(
         KafkaError(KafkaError.REBALANCE_IN_PROGRESS),
@@ -200,10 +206,7 @@ def test_a_commit_that_failed_in_a_rebalance_goes_into_the_next_checkpoint(
 def test_a_failed_commit_answered_after_a_later_one_was_sent_is_not_sent_again(
     engine: ScoringEngine,
 ) -> None:
-    journal: list[str] = []
-    wire(engine, Journal(journal), JournalConsumer(journal))
-    engine._offsets[("payments.events", 0)] = 9
-    engine.checkpoint(wait=False)
+    sent_without_waiting(engine, {0: 9})
     engine._offsets[("payments.events", 0)] = 15
     engine.checkpoint(wait=False)  # sent before the first one's answer came
     engine._on_commit(
@@ -217,10 +220,7 @@ def test_a_failed_commit_answered_after_a_later_one_was_sent_is_not_sent_again(
 def test_other_failures_of_a_commit_not_waited_for_stop_the_engine_at_its_next_checkpoint(
     engine: ScoringEngine,
 ) -> None:
-    journal: list[str] = []
-    wire(engine, Journal(journal), JournalConsumer(journal))
-    engine._offsets[("payments.events", 0)] = 9
-    engine.checkpoint(wait=False)
+    sent_without_waiting(engine, {0: 9})
     engine._on_commit(KafkaError(KafkaError._TRANSPORT), answer({0: 9}))
     with pytest.raises(KafkaException):
         engine.checkpoint(wait=False)
@@ -229,14 +229,10 @@ def test_other_failures_of_a_commit_not_waited_for_stop_the_engine_at_its_next_c
 def test_a_revoke_waits_for_its_commit_and_repeats_those_unanswered(
     engine: ScoringEngine,
 ) -> None:
-    journal: list[str] = []
-    consumer = JournalConsumer(journal)
-    wire(engine, Journal(journal), consumer)
-    engine._owned = {("payments.events", 0), ("payments.events", 1)}
-    engine._offsets = {("payments.events", 0): 9}
-    engine.checkpoint(wait=False)
+    journal = sent_without_waiting(engine, {0: 9})
+    engine._owned.add(("payments.events", 1))
     engine._offsets = {("payments.events", 1): 30}
-    engine._on_revoke(consumer, [TopicPartition("payments.events", 0)])  # type: ignore[arg-type]
+    engine._on_revoke(engine._consumer, [TopicPartition("payments.events", 0)])  # type: ignore[arg-type]
     assert journal[-1] == "commit 0@9,1@30"
     assert engine._unanswered == {}
     assert engine.counters.commits == 1
