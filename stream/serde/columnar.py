@@ -491,7 +491,8 @@ class _Reading:
         if active is not None:
             lengths = np.where(active, lengths, 0)
         starts = self.pos.copy()
-        wrong = (lengths < 0) | (starts + lengths > self.ends)
+        # Against the bytes left, not start + length: a length near 2**63 would overflow.
+        wrong = (lengths < 0) | (lengths > self.ends - starts)
         self.flag(wrong, active)
         lengths = np.where(wrong | self.bad, 0, lengths)
         self.pos += lengths

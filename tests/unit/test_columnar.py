@@ -269,7 +269,7 @@ def test_undamaged_payloads_are_all_read() -> None:
     assert [dict(e) for e in events] == records
 
 
-def test_a_string_that_is_not_utf8_flags_its_row_only() -> None:
+def string_and_long_reader() -> ColumnReader:
     schema = parse_schema(
         {"type": "record", "name": "R", "fields": [
             {"name": "s", "type": "string"}, {"name": "n", "type": "long"},
@@ -277,6 +277,19 @@ def test_a_string_that_is_not_utf8_flags_its_row_only() -> None:
     )  # fmt: skip
     reader = ColumnReader.of(schema)
     assert reader is not None
+    return reader
+
+
+def test_a_string_that_is_not_utf8_flags_its_row_only() -> None:
+    reader = string_and_long_reader()
     events, bad = reader.read([b"\x04ab\x02", b"\x04\xff\xfe\x04", b"\x06xyz\x06"])
+    assert bad.tolist() == [False, True, False]
+    assert [dict(events[i]) for i in (0, 2)] == [{"s": "ab", "n": 1}, {"s": "xyz", "n": 3}]
+
+
+def test_a_string_length_near_the_largest_long_flags_its_row_only() -> None:
+    reader = string_and_long_reader()
+    largest = b"\xfe" + b"\xff" * 8 + b"\x01"  # 2**63 - 1 as Avro writes a long
+    events, bad = reader.read([b"\x04ab\x02", largest + b"\x02", b"\x06xyz\x06"])
     assert bad.tolist() == [False, True, False]
     assert [dict(events[i]) for i in (0, 2)] == [{"s": "ab", "n": 1}, {"s": "xyz", "n": 3}]
