@@ -47,6 +47,11 @@ def _deferrable(err: KafkaError) -> bool:
     return err.code() in _REBALANCING or err.retriable()
 
 
+def _partitions(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    """The next offset to consume of each (topic, partition), as a commit takes them."""
+    return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+
 class ScoringEngine(BackgroundLoop):
     """The hot path of one pipeline in one worker process, on its own thread.
 
@@ -232,7 +237,7 @@ class ScoringEngine(BackgroundLoop):
         offsets = self._offsets if not wait else {**self._unanswered, **self._offsets}
         if not offsets or self._consumer is None:
             return
-        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        partitions = _partitions(offsets)
         try:
             if wait:
                 self._consumer.commit(offsets=partitions, asynchronous=False)
@@ -281,10 +286,6 @@ class ScoringEngine(BackgroundLoop):
             if failed and key in self._owned and key not in self._unanswered:
                 self._offsets.setdefault(key, tp.offset)
 
-    def _offset_list(self) -> list[TopicPartition]:
-        """The next offset to consume of every partition scored since the last commit."""
-        return [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-
     def _measure_lag(self) -> None:
         """Records behind the end of each owned partition (from cached watermarks: no request)."""
         if self._consumer is None:
@@ -325,7 +326,7 @@ class ScoringEngine(BackgroundLoop):
         if self._offsets and self._consumer is not None:
             try:
                 self._producer.send_offsets_to_transaction(
-                    self._offset_list(), self._consumer.consumer_group_metadata(), 30
+                    _partitions(self._offsets), self._consumer.consumer_group_metadata(), 30
                 )
             except KafkaException as exc:
                 if exc.args[0].code() not in _REBALANCING:
