@@ -40,7 +40,7 @@ from stream.bench.engines import (
     run_peer,
     run_pipeline,
 )
-from stream.bench.targets import judge, median_rate
+from stream.bench.targets import P99_UNDER_MS, judge, median_rate
 from stream.bench.workload import SCHEMA_FILE, float_events, schemas_folder, train_float_model
 from stream.demo.data import train_demo_model
 from stream.demo.run import kafka
@@ -322,9 +322,13 @@ def _latency_run(
     }
     first = array("q")
     measured = array("q")
+    sent_ms = array("q")  # with every latency below, in the order read
+    latency_ms = array("q")
     for m in iter_to_end(kafka_config, [pipeline.predictions_topic], timeout):
         key = m.key()
-        (first if key in warming else measured).append(m.timestamp()[1] - sent_at[key])
+        sent_ms.append(sent_at[key])
+        latency_ms.append(m.timestamp()[1] - sent_ms[-1])
+        (first if key in warming else measured).append(latency_ms[-1])
     return {
         "share": share,
         "seconds": seconds,
@@ -338,6 +342,7 @@ def _latency_run(
         "rss_start_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
         "rss_mib": rss.samples,
+        "by_second": by_second(sent_ms, latency_ms),
     }
 
 
@@ -390,6 +395,28 @@ def _percentiles(latency_ms: Sequence[int]) -> dict[str, float | None]:
         "p99_ms": float(p99),
         "max_ms": float(values.max()),
     }
+
+
+def by_second(sent_ms: Sequence[int], latency_ms: Sequence[int]) -> list[list[float]]:
+    """``[second, p50, p99, events]`` for each second of sending, the first one 0.
+
+    Each event counts in the second it was sent in, so a worker that falls
+    behind shows as a latency that grows from one second to the next, and a
+    stall as the seconds whose events waited for it.
+    """
+    if not sent_ms:
+        return []
+    sent = np.asarray(sent_ms, dtype=np.int64)
+    latency = np.asarray(latency_ms, dtype=np.float64)
+    second = (sent - sent.min()) // 1000
+    order = np.argsort(second, kind="stable")
+    second, latency = second[order], latency[order]
+    starts = np.flatnonzero(np.diff(second)) + 1
+    rows = []
+    for s, values in zip(second[np.r_[0, starts]], np.split(latency, starts), strict=True):
+        p50, p99 = np.percentile(values, (50, 99))
+        rows.append([int(s), float(p50), float(p99), int(values.size)])
+    return rows
 
 
 def _scaling_run(
@@ -512,6 +539,15 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+def _worst_second(seconds: list[list[float]], warmup: float) -> str:
+    """The highest p99 of a second after the warm-up's, and which second it was."""
+    after = [row for row in seconds if row[0] >= warmup]
+    if not after:
+        return "n/a"
+    second, _, p99, _ = max(after, key=lambda row: row[2])
+    return f"{p99:.0f} ({second:.0f})"
+
+
 def _cpu(per_1k: float | None) -> str:
     return "n/a" if per_1k is None else f"{per_1k:.3f}"
 
@@ -552,13 +588,17 @@ def _print(report: dict[str, Any], console: Console) -> None:
             f"after its first {warmup:g} s"
         )
         columns = ("share of max", "events/s sent", "p50 ms", "p95 ms", "p99 ms", "max ms")
-        for column in (*columns, f"first {warmup:g} s: p99/max ms", "RSS MiB start/end"):
+        for column in (
+            *columns, "worst second: p99 ms (at s)", f"first {warmup:g} s: p99/max ms",
+            "RSS MiB start/end",
+        ):  # fmt: skip
             lat.add_column(column, justify="right")
         for row in report["latency"]:
             first = row["warmup"]
             lat.add_row(
                 f"{row['share']:.0%}", f"{row['achieved_rate']:,.0f}",
                 *(_ms(row[k]) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+                _worst_second(row["by_second"], first["seconds"]),
                 f"{_ms(first['p99_ms'])}/{_ms(first['max_ms'])}",
                 f"{row['rss_start_mib']:.0f}/{row['rss_end_mib']:.0f}",
             )  # fmt: skip
@@ -598,7 +638,15 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     rates = [e["median"]["events_per_s"] for e in entries]
     low = [r - e["median"]["events_per_s_min"] for r, e in zip(rates, entries, strict=True)]
     high = [e["median"]["events_per_s_max"] - r for r, e in zip(rates, entries, strict=True)]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.5))
+    latency = [row for row in report["latency"] if row.get("by_second")]
+    height = 0.6 * len(names) + 1.5
+    if latency:
+        fig, (ax, by_second_ax) = plt.subplots(
+            2, 1, figsize=(9, height + 4), gridspec_kw={"height_ratios": [height, 4]}
+        )
+        _latency_chart(by_second_ax, latency)
+    else:
+        fig, ax = plt.subplots(figsize=(9, height))
     ax.barh(names, rates, xerr=[low, high], color="#4c72b0")
     ax.invert_yaxis()
     ax.set_xlabel("events/s (median, min-max)")
@@ -611,3 +659,28 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _latency_chart(ax: Any, latency: list[dict[str, Any]]) -> None:
+    """p99 of each second of each latency run, with the targets' bounds."""
+    from matplotlib.ticker import FuncFormatter
+
+    for row in latency:
+        seconds = row["by_second"]
+        ax.plot(
+            [r[0] for r in seconds],
+            [max(r[2], 1.0) for r in seconds],
+            label=f"{row['share']:.0%} ({row['achieved_rate']:,.0f} events/s)",
+        )
+    for share, bound in P99_UNDER_MS:
+        ax.axhline(bound, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(f"target at {share:.0%}", (0, bound), fontsize=8, color="grey")
+    ax.axvline(latency[0]["warmup"]["seconds"], color="grey", linestyle=":", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(
+        FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else "")
+    )
+    ax.set_xlabel("second of the latency run (the warm-up's before the dotted line)")
+    ax.set_ylabel("p99 ms of the events sent that second")
+    ax.legend(fontsize=8)

@@ -55,6 +55,8 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert first["p50_ms"] <= first["p99_ms"] <= first["max_ms"]
     assert latency["rss_mib"] and latency["rss_mib"][0][1] > 0, "the worker's RSS, sampled"
+    seconds = latency["by_second"]
+    assert seconds[0][0] == 0 and sum(row[3] for row in seconds) == latency["events"]
     # Every target judged; the ones a short run cannot measure are said to be so.
     judged = {v["target"]: v["met"] for v in report["targets"]}
     assert len(judged) == 7

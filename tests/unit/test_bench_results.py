@@ -8,10 +8,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from stream.bench.engines import MIN_CPU_EVENTS, RunResult, Workbench
-from stream.bench.run import BenchOptions, EngineResults, _print, _report, _RssSampler
+from stream.bench.run import (
+    BenchOptions,
+    EngineResults,
+    _chart,
+    _print,
+    _report,
+    _RssSampler,
+    by_second,
+)
 from stream.settings import PipelineConfig, Settings
 
 
@@ -97,6 +106,7 @@ def _latency_row(
         "p50_ms": 20.0, "p95_ms": 30.0, "p99_ms": p99, "max_ms": p99 + 10,
         "warmup": {"seconds": 5.0, "p99_ms": 40.0, "max_ms": 50.0},
         "rss_start_mib": samples[0][1], "rss_end_mib": samples[-1][1], "rss_mib": samples,
+        "by_second": [],
     }  # fmt: skip
 
 
@@ -223,3 +233,38 @@ def test_the_throughput_table_and_the_targets_print_the_same_ratio() -> None:
     _print(report, console)
     row = next(line for line in console.export_text().splitlines() if "70,601" in line)
     assert "1.77" in row.split() and "1.76" not in row
+
+
+def test_latency_by_second_groups_each_event_by_the_second_it_was_sent_in() -> None:
+    # Read back in the order the predictions came, not the order the events were sent.
+    sent = [10_000, 10_999, 12_500, 10_400, 12_001, 10_700]
+    latency = [20, 40, 900, 30, 700, 10]
+    rows = by_second(sent, latency)
+    assert [row[0] for row in rows] == [0, 2], "a second with nothing sent has no row"
+    assert rows[0][3] == 4 and rows[1][3] == 2
+    assert rows[0][1] == 25.0, "the median of 10, 20, 30 and 40"
+    assert rows[1][1] == 800.0 and 890.0 < rows[1][2] < 900.0
+    assert by_second([], []) == []
+
+
+def test_the_latency_table_names_the_worst_second_after_the_warm_up() -> None:
+    row = _latency_row(0.8, 300.0)
+    # The warm-up's 5 s had the highest p99 of all; after them, second 7.
+    row["by_second"] = [[0, 20.0, 900.0, 100], [5, 20.0, 60.0, 100], [7, 80.0, 310.0, 100]]
+    results = {"pipeline": EngineResults("pipeline", _runs(50_000))}
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, [row], [])
+    console = Console(record=True, width=250)
+    _print(report, console)
+    line = next(line for line in console.export_text().splitlines() if "80%" in line)
+    assert "310 (7)" in line and "900" not in line
+
+
+def test_the_chart_has_the_latency_by_second_when_the_run_measured_it(tmp_path: Path) -> None:
+    results = {"pipeline": EngineResults("pipeline", _runs(50_000))}
+    row = _latency_row(0.5, 45.0)
+    row["by_second"] = [[s, 20.0, 40.0 + s, 100] for s in range(35)]
+    for latency, name in (([], "throughput.png"), ([row], "both.png")):
+        report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, latency, [])
+        _chart(report, tmp_path / name)
+    throughput, both = (Image.open(tmp_path / n) for n in ("throughput.png", "both.png"))
+    assert both.height > throughput.height, "a panel below the engines' bars"
