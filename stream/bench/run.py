@@ -589,7 +589,7 @@ def _print(report: dict[str, Any], console: Console) -> None:
         )
         columns = ("share of max", "events/s sent", "p50 ms", "p95 ms", "p99 ms", "max ms")
         for column in (
-            *columns, "worst second: p99 ms (at s)", f"first {warmup:g} s: p99/max ms",
+            *columns, "worst second p99 ms (at s)", f"first {warmup:g} s: p99/max ms",
             "RSS MiB start/end",
         ):  # fmt: skip
             lat.add_column(column, justify="right")
