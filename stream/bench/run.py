@@ -320,15 +320,17 @@ def _latency_run(
         m.key(): m.timestamp()[1]
         for m in iter_to_end(kafka_config, [pipeline.events_topic], timeout)
     }
-    first = array("q")
-    measured = array("q")
-    sent_ms = array("q")  # with every latency below, in the order read
+    # Per prediction, in the order read: its event's send time, its latency, warm-up or not.
+    sent_ms = array("q")
     latency_ms = array("q")
+    in_warmup = array("b")
     for m in iter_to_end(kafka_config, [pipeline.predictions_topic], timeout):
         key = m.key()
         sent_ms.append(sent_at[key])
         latency_ms.append(m.timestamp()[1] - sent_ms[-1])
-        (first if key in warming else measured).append(latency_ms[-1])
+        in_warmup.append(key in warming)
+    latency, warm = np.asarray(latency_ms), np.asarray(in_warmup, dtype=bool)
+    first, measured = latency[warm], latency[~warm]
     return {
         "share": share,
         "seconds": seconds,
@@ -383,11 +385,11 @@ class _RssSampler:
                 return
 
 
-def _percentiles(latency_ms: Sequence[int]) -> dict[str, float | None]:
+def _percentiles(latency_ms: np.ndarray) -> dict[str, float | None]:
     """p50, p95, p99 and max of end-to-end latencies in ms (None for none)."""
-    if not latency_ms:
+    if latency_ms.size == 0:
         return dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "max_ms"))
-    values = np.array(latency_ms, dtype=np.float64)
+    values = latency_ms.astype(np.float64)
     p50, p95, p99 = np.percentile(values, (50, 95, 99))
     return {
         "p50_ms": float(p50),
