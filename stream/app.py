@@ -18,15 +18,22 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream.background import BackgroundLoop
-from stream.deploy.control import ControlWatcher
+from stream.deploy.control import (
+    EVENTS_TOPIC,
+    MODEL_EVENT_COLUMNS,
+    ControlWatcher,
+    model_event_row,
+)
 from stream.engine.scoring import ScoringEngine
 from stream.metrics import WorkerCollector, WorkerMetrics
 from stream.models.registry import ModelRegistry
-from stream.monitor.agent import MonitorAgent, copy_model_events
+from stream.monitor.agent import MonitorAgent
+from stream.monitor.alerts import ALERT_COLUMNS, alert_row
 from stream.quality.logger import PredictionLogger
 from stream.retrain.runner import RetrainJobs
 from stream.settings import PipelineConfig, Settings
 from stream.sinks.clickhouse import ClickHouseSink
+from stream.sinks.copier import CopyRoute, TopicCopier
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +57,15 @@ class EngineService(Service):
         stall_after: float,
         loggers: list[PredictionLogger] | None = None,
         jobs: list[RetrainJobs] | None = None,
+        copier: TopicCopier | None = None,
         **kwargs: Any,
     ) -> None:
         self.engines = engines
-        self.loggers = loggers or []
-        self.jobs = jobs or []
-        self.loops: list[BackgroundLoop] = [*engines, watcher, *self.loggers, *self.jobs]
+        # Loops that start with the faust app and stop with it, after the engines.
+        self.followers: list[BackgroundLoop] = [
+            *(loggers or []), *(jobs or []), *([copier] if copier else [])
+        ]  # fmt: skip
+        self.loops: list[BackgroundLoop] = [*engines, watcher, *self.followers]
         self.monitors = monitors
         self.stall_after = stall_after
         self.running = False
@@ -70,7 +80,7 @@ class EngineService(Service):
         return found
 
     async def on_start(self) -> None:
-        for loop in [*self.loggers, *self.jobs]:
+        for loop in self.followers:
             loop.start()
         # A full collection walks every object the collector tracks, and the start-up's
         # (faust, models, clients, about 190,000) live as long as the process: under load
@@ -88,7 +98,7 @@ class EngineService(Service):
         loop = asyncio.get_running_loop()
         for engine in self.engines:
             await loop.run_in_executor(None, engine.stop)
-        for background in [*self.loggers, *self.jobs]:
+        for background in self.followers:
             await loop.run_in_executor(None, background.stop)
 
     @Service.task
@@ -142,10 +152,23 @@ def create_app(
         broker_heartbeat_interval=1.0,
     )
     kafka_config = settings.kafka_config()
+    # What workers did with deployment revisions, the steps people and policies took,
+    # and each pipeline's alerts, into ClickHouse.
+    copier = TopicCopier(
+        kafka_config,
+        f"{settings.app_id}.copier",
+        [
+            CopyRoute(EVENTS_TOPIC, "model_events", MODEL_EVENT_COLUMNS, model_event_row),
+            *(CopyRoute(p.alerts_topic, "alerts", ALERT_COLUMNS, alert_row) for p in pipelines),
+        ],
+        sink,
+        writer,
+        settings.stall_seconds,
+    )
     monitors = {
-        p.name: MonitorAgent(app, p, registry, sink, writer, kafka_config) for p in pipelines
+        p.name: MonitorAgent(app, p, registry, sink, writer, kafka_config, copier)
+        for p in pipelines
     }
-    copy_model_events(app, sink, writer)
     loggers = {
         e.pipeline.name: PredictionLogger(
             e.pipeline, kafka_config, sink, writer, e.worker_id,
@@ -167,6 +190,7 @@ def create_app(
         settings.stall_seconds,
         list(loggers.values()),
         list(jobs.values()),
+        copier,
         loop=None,
     )
 
@@ -199,6 +223,7 @@ def create_app(
                     for e in engines
                 },
                 "clickhouse": sink.status(),
+                "copier": copier.status(),
             }
         )
 

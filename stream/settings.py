@@ -81,7 +81,9 @@ class Settings(BaseSettings):
         "wire format, output schemas registered",
     )
     app_id: str = Field(
-        "stream-worker", description="faust app id (consumer group of the monitor agents)"
+        "stream-worker",
+        description="faust app id (consumer group of the monitor agents; "
+        "`{id}.copier` is the copier's)",
     )
     web_host: str = Field(
         "127.0.0.1", description="Address of the status, health and metrics pages"

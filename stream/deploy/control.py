@@ -110,6 +110,18 @@ def model_event(
     }
 
 
+MODEL_EVENT_COLUMNS = (
+    "pipeline", "revision", "worker", "actor", "kind", "models", "message", "reason", "at",
+)  # fmt: skip
+
+
+def model_event_row(event: dict[str, Any]) -> list[Any]:
+    """A record of ``stream.model-events`` as a row of ClickHouse ``model_events``; events
+    written before actor and reason existed have none."""
+    at = datetime.fromisoformat(event["at"])
+    return [*(event.get(c, "") for c in MODEL_EVENT_COLUMNS[:-1]), at]
+
+
 def record_step(
     kafka_config: dict[str, Any],
     pipeline: str,

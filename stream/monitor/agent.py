@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -32,10 +31,9 @@ from typing import Any
 import faust
 from confluent_kafka import Producer
 
-from stream.deploy.control import EVENTS_TOPIC
 from stream.errors import ServiceError, SinkUnavailable
 from stream.models.registry import ModelRegistry
-from stream.monitor.alerts import ALERT_COLUMNS, Alert, alert_row, track, window_facts
+from stream.monitor.alerts import Alert, track, window_facts
 from stream.monitor.drift import feature_drift
 from stream.monitor.histograms import latency_quantile
 from stream.monitor.position import PROCESS, REWIND, ReadPosition, resume_offset
@@ -55,6 +53,7 @@ from stream.monitor.windows import (
 from stream.quality.job import QualityJob
 from stream.settings import PipelineConfig
 from stream.sinks.clickhouse import ClickHouseSink
+from stream.sinks.copier import TopicCopier
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,11 @@ class MonitorAgent:
         sink: ClickHouseSink,
         writer: ThreadPoolExecutor,
         kafka_config: dict[str, Any],
+        copier: TopicCopier | None = None,
     ) -> None:
         self.app = app
         self.pipeline = pipeline
+        self.copier = copier  # the worker's, which copies this pipeline's alerts to ClickHouse
         self.registry = registry
         self.sink = sink
         self._writer = writer
@@ -108,9 +109,6 @@ class MonitorAgent:
             partitions=1,
         )  # keys and values are JSON (faust's table default): "pipeline|model|version" -> state
         app.agent(self.topic, name=f"{pipeline.name}-monitor")(self._consume)
-        self.alerts_copier = TopicCopier(
-            app, pipeline.alerts_topic, "alerts", ALERT_COLUMNS, alert_row, sink, writer
-        )
         # The worker that owns the monitor topic also computes quality from labels.
         self.quality = QualityJob(pipeline, registry)
         self.quality_failures = 0
@@ -379,75 +377,10 @@ class MonitorAgent:
             "partials_skipped": self.position.skipped,
             "open_alerts": sum(self.open_alerts.values()),
             "alerts_published": self.alerts_published,
-            "alerts_copied": self.alerts_copier.copied,
+            "alerts_copied": (
+                self.copier.copied.get(self.pipeline.alerts_topic, 0) if self.copier else 0
+            ),
             "quality_runs": self.quality.runs,
             "quality_windows": self.quality.windows_written,
             "quality_failures": self.quality_failures,
         }
-
-
-class TopicCopier:
-    """Copies a topic of JSON records into a ClickHouse table, in batches.
-
-    ``to_row`` turns a record into the table's row; a record it cannot turn is
-    logged and skipped. Records are few (alerts, model events): the agent holds
-    the topic until ClickHouse takes them, and the table's keys make the
-    copies of a record read twice collapse into one.
-    """
-
-    def __init__(
-        self,
-        app: faust.App,
-        topic: str,
-        table: str,
-        columns: Sequence[str],
-        to_row: Callable[[dict[str, Any]], list[Any]],
-        sink: ClickHouseSink,
-        writer: ThreadPoolExecutor,
-    ) -> None:
-        self.table = table
-        self.columns = list(columns)
-        self.to_row = to_row
-        self.sink = sink
-        self._writer = writer
-        self.copied = 0
-        source = app.topic(topic, key_serializer="raw", value_serializer="raw")
-        app.agent(source, name=f"copy-{topic}")(self._consume)
-
-    async def _consume(self, stream: Any) -> None:
-        async for batch in stream.take(100, within=1.0):
-            rows = []
-            for value in batch:
-                try:
-                    rows.append(self.to_row(json.loads(value)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping a malformed record for %s: %r", self.table, exc)
-            loop = asyncio.get_running_loop()
-            while True:
-                try:
-                    await loop.run_in_executor(
-                        self._writer, self.sink.insert, self.table, self.columns, rows
-                    )
-                    break
-                except SinkUnavailable:
-                    await asyncio.sleep(max(self.sink.wait_seconds(), 0.1))
-            self.copied += len(rows)
-
-
-MODEL_EVENT_COLUMNS = (
-    "pipeline", "revision", "worker", "actor", "kind", "models", "message", "reason", "at",
-)  # fmt: skip
-
-
-def model_event_row(event: dict[str, Any]) -> list[Any]:
-    """A row of ``model_events``; events written before actor and reason existed have none."""
-    at = datetime.fromisoformat(event["at"])
-    return [*(event.get(c, "") for c in MODEL_EVENT_COLUMNS[:-1]), at]
-
-
-def copy_model_events(app: faust.App, sink: ClickHouseSink, writer: ThreadPoolExecutor) -> None:
-    """What workers did with deployment revisions and the steps people and policies took,
-    into ClickHouse ``model_events``."""
-    TopicCopier(
-        app, EVENTS_TOPIC, "model_events", MODEL_EVENT_COLUMNS, model_event_row, sink, writer
-    )

@@ -26,16 +26,16 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from stream.background import BackgroundLoop
 from stream.engine.outputs import OutputWriter, dead_letter_headers
-from stream.errors import EventContext, SinkUnavailable, ValidationError
+from stream.errors import EventContext, ValidationError
 from stream.quality import logbatch
 from stream.quality.rows import FEEDBACK_COLUMNS, feedback_row
 from stream.services.consumers import group_consumer, usable
 from stream.settings import PipelineConfig
 from stream.sinks.clickhouse import ClickHouseSink
+from stream.sinks.copier import SinkLoop
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ FLUSH_SECONDS = 1.0
 MESSAGES_PER_CALL = 4
 
 
-class PredictionLogger(BackgroundLoop):
+class PredictionLogger(SinkLoop):
     def __init__(
         self,
         pipeline: PipelineConfig,
@@ -62,45 +62,29 @@ class PredictionLogger(BackgroundLoop):
         worker_id: str,
         stall_after: float = 120.0,
     ) -> None:
-        super().__init__(f"logger-{pipeline.name}", stall_after)
+        super().__init__(
+            f"logger-{pipeline.name}",
+            [pipeline.log_topic, pipeline.feedback_topic],
+            sink,
+            writer,
+            stall_after,
+        )
         self.pipeline = pipeline
-        self.sink = sink
-        self._writer = writer
         self._kafka_config = kafka_config
         self._worker_id = worker_id
         self._dead = OutputWriter(
             Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 5})
         )
-        self.topics = [pipeline.log_topic, pipeline.feedback_topic]
         self.counts = {"predictions": 0, "labels": 0, "bad_labels": 0, "bad_batches": 0}
-        self._owned: set[tuple[str, int]] = set()
-        self._held = False  # partitions paused while ClickHouse is away
 
-    def _loop(self) -> None:
+    def _consumer(self) -> Consumer:
         # Log messages are large (up to 1,000 rows): a small prefetch.
-        consumer = group_consumer(
+        return group_consumer(
             self._kafka_config,
             self.pipeline.log_group,
             f"{self._worker_id}-logger",
             **{"queued.max.messages.kbytes": 16_384},
         )
-        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        try:
-            while not self.stopping:
-                self.beat()
-                records = self._collect(consumer)
-                records = [m for m in records if (m.topic(), m.partition()) in self._owned]
-                if not records:
-                    continue
-                log_stream, rows, labels = self._read(records)
-                if not self._write(consumer, log_stream, rows, labels):
-                    return  # stopping while ClickHouse was away: nothing committed
-                self._dead.acknowledge()
-                self._commit(consumer, records)
-                self.counts["predictions"] += rows
-                self.counts["labels"] += len(labels)
-        finally:
-            consumer.close()
 
     def _collect(self, consumer: Consumer) -> list[Any]:
         """Records until MAX_ROWS log rows or MAX_LABELS labels, or FLUSH_SECONDS passed."""
@@ -159,15 +143,9 @@ class PredictionLogger(BackgroundLoop):
             self.counts["bad_labels"] += 1
             return []
 
-    def _write(
-        self, consumer: Consumer, log_stream: bytes | None, rows: int, labels: list[list[Any]]
-    ) -> bool:
-        """Insert the log and the labels, waiting out ClickHouse outages; False when stopping.
-
-        While ClickHouse is away the consumer's partitions are paused, which
-        drops what it fetched ahead and fetches nothing more, and the consumer
-        is still polled, so the group keeps this member however long the wait.
-        """
+    def _write(self, consumer: Consumer, records: list[Any]) -> bool:
+        """Insert the log and the labels, waiting out ClickHouse outages; False when stopping."""
+        log_stream, rows, labels = self._read(records)
         work: list[Callable[[], None]] = []
         if log_stream is not None:
             work.append(
@@ -177,53 +155,12 @@ class PredictionLogger(BackgroundLoop):
             )
         if labels:
             work.append(partial(self.sink.insert, "feedback", FEEDBACK_COLUMNS, labels))
-        for insert in work:
-            while True:
-                try:
-                    self._writer.submit(insert).result()
-                    break
-                except SinkUnavailable:
-                    if self.stopping:
-                        return False
-                    if not self._held:
-                        self._held = True
-                        consumer.pause(consumer.assignment())
-                    self.beat()  # waiting for ClickHouse is progress of a kind: not a hang
-                    wait = min(max(self.sink.wait_seconds(), 0.1), 1.0)
-                    stray: list[Any] = consumer.consume(1, wait)
-                    for m in stray:
-                        if usable(m, self.name):  # not expected: paused partitions deliver nothing
-                            back = TopicPartition(m.topic(), m.partition(), m.offset())
-                            consumer.pause([back])
-                            consumer.seek(back)  # read again after the wait, not lost
-        if self._held:
-            self._held = False
-            consumer.resume(consumer.assignment())
+        if not self._insert(consumer, work):
+            return False
+        self._dead.acknowledge()  # bad labels' dead letters, before their offsets are committed
+        self.counts["predictions"] += rows
+        self.counts["labels"] += len(labels)
         return True
-
-    def _commit(self, consumer: Consumer, records: list[Any]) -> None:
-        offsets: dict[tuple[str, int], int] = {}
-        for m in records:
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
-        try:
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
-            )
-        except KafkaException as exc:
-            # A rebalance or a broker away: the next owner reads these again and
-            # their rows replace themselves.
-            log.warning("logger commit deferred: %s", exc.args[0].str())
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._owned = {(p.topic, p.partition) for p in partitions}
-        if self._held:  # assigned while ClickHouse is away: paused from the start
-            consumer.assign(partitions)
-            consumer.pause(partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._owned.discard((tp.topic, tp.partition))
 
     def status(self) -> dict[str, Any]:
         return {**self.counts, "topics": self.topics, "paused": self._held}

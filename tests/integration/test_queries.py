@@ -21,10 +21,9 @@ from rich.console import Console
 from stream import report
 from stream.demo.data import FEATURES, generate
 from stream.deploy.compare import compare_variants
-from stream.deploy.control import model_event
+from stream.deploy.control import MODEL_EVENT_COLUMNS, model_event, model_event_row
 from stream.models.manifest import ModelManifest
 from stream.models.registry import ModelRegistry
-from stream.monitor.agent import MODEL_EVENT_COLUMNS, model_event_row
 from stream.monitor.alerts import ALERT_COLUMNS, alert_row, track, window_facts
 from stream.monitor.drift import feature_drift
 from stream.monitor.histograms import HistogramLayout, latency_quantile
