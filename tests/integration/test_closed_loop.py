@@ -167,10 +167,11 @@ def test_concept_drift_is_retrained_validated_shadowed_and_promoted(
         "AND rule != '' ORDER BY model_version, segment, segment_value",
     )
     kinds = [k for k, _, _ in steps]
+    record = "\n".join(f"{k} by {a}: {r}" for k, a, r in steps)  # whole, where a repr is cut
     for kind in ("retrained", "passed_gate", "failed_gate", "changed", "promoted"):
-        assert kind in kinds, f"{kind} is on the record: {kinds}"
-    assert any(a == "policy:retrain.shadow_on_pass" for _, a, _ in steps), steps
-    assert any(r == "accuracy alerts" for _, _, r in steps), steps
+        assert kind in kinds, f"{kind} is on the record:\n{record}"
+    assert any(a == "policy:retrain.shadow_on_pass" for _, a, _ in steps), record
+    assert any(r == "accuracy alerts" for _, _, r in steps), record
     by_version = {v: [r for r in validations if r[0] == v] for v in ("2", "3")}
     assert all(r[5] == 1 for r in by_version["2"]) and len(by_version["2"]) == 4
     assert any(r[5] == 0 for r in by_version["3"])
