@@ -23,6 +23,7 @@ from stream.deploy.control import (
     MODEL_EVENT_COLUMNS,
     ControlWatcher,
     model_event_row,
+    worker_id,
 )
 from stream.engine.scoring import ScoringEngine
 from stream.metrics import WorkerCollector, WorkerMetrics
@@ -157,6 +158,7 @@ def create_app(
     copier = TopicCopier(
         kafka_config,
         f"{settings.app_id}.copier",
+        worker_id(),
         [
             CopyRoute(EVENTS_TOPIC, "model_events", MODEL_EVENT_COLUMNS, model_event_row),
             *(CopyRoute(p.alerts_topic, "alerts", ALERT_COLUMNS, alert_row) for p in pipelines),

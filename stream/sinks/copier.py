@@ -169,6 +169,7 @@ class TopicCopier(SinkLoop):
         self,
         kafka_config: dict[str, Any],
         group: str,
+        worker_id: str,
         routes: Sequence[CopyRoute],
         sink: ClickHouseSink,
         writer: ThreadPoolExecutor,
@@ -177,12 +178,13 @@ class TopicCopier(SinkLoop):
         super().__init__("copier", [r.topic for r in routes], sink, writer, stall_after)
         self._kafka_config = kafka_config
         self.group = group
+        self._worker_id = worker_id
         self.routes = {r.topic: r for r in routes}
         self.copied = dict.fromkeys(self.routes, 0)
         self.skipped = 0
 
     def _consumer(self) -> Consumer:
-        return group_consumer(self._kafka_config, self.group, f"{self.group}-copier")
+        return group_consumer(self._kafka_config, self.group, f"{self._worker_id}-copier")
 
     def _write(self, consumer: Consumer, records: list[Any]) -> bool:
         rows = self._rows(records)

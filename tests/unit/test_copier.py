@@ -80,7 +80,7 @@ def run_copier(
         CopyRoute(ALERTS, "alerts", ["alert_id", "state"], alert_route_row),
     ]
     sink = sink_of(client, min_wait=0.01, max_wait=0.01, clock=Clock())
-    copier = TopicCopier({}, "app.copier", routes, sink, writer, stall_after=30.0)
+    copier = TopicCopier({}, "app.copier", "host-1", routes, sink, writer, stall_after=30.0)
     copier.start()
     try:
         between(consumer)
