@@ -31,6 +31,13 @@ from stream.settings import PROJECT_ROOT, PipelineConfig, Settings, embedded_dsn
 PEERS_DIR = PROJECT_ROOT / "bench"
 QUIX_REQUIREMENT = "quixstreams==3.28.1"
 ENGINES = ("pipeline", "pipeline-eos", "pipeline-nolog", "bare", "quix", "faust")
+# What each pipeline engine changes in the bench pipeline.
+PIPELINE_VARIANTS: dict[str, dict[str, Any]] = {
+    "pipeline": {},
+    "pipeline-eos": {"processing_guarantee": "exactly_once"},
+    # The cost of the prediction log that quality from labels reads.
+    "pipeline-nolog": {"quality": {"log_sample_rate": 0.0}},
+}
 TITLES = {
     "pipeline": "this pipeline, every feature on",
     "pipeline-eos": "this pipeline, exactly-once",
@@ -203,22 +210,16 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
 
 def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
     """One of the scripts in ``bench/``; it reports its own timing as one JSON line."""
-    script = {"bare": "bare_loop.py", "quix": "quix_app.py", "faust": "faust_agent.py"}[engine]
     log = bench.folder / f"{engine}-{run}.log"
-    # Faust's data folder and Quix Streams' state folder go where the peer runs.
-    home = bench.folder / f"{engine}-{run}"
-    home.mkdir(parents=True, exist_ok=True)
-    command = [
-        python, str(PEERS_DIR / script), "--bootstrap", bench.bootstrap,
-        "--topic", bench.pipeline.events_topic, "--out-topic", bench.output_topic(engine),
-        "--group", f"bench-{engine}-{uuid.uuid4().hex[:8]}", "--count", str(bench.events),
-        "--spec", str(bench.spec), "--batch", str(bench.batch),
-    ]  # fmt: skip
+    command = peer_command(
+        bench, engine, python, bench.pipeline.events_topic, bench.output_topic(engine),
+        f"bench-{engine}-{uuid.uuid4().hex[:8]}", bench.events,
+    )  # fmt: skip
     with log.open("wb") as err:
         try:
             done = subprocess.run(
-                command, cwd=home, stdout=subprocess.PIPE, stderr=err,
-                timeout=bench.timeout, check=False,
+                command, cwd=peer_home(bench, engine, str(run)), stdout=subprocess.PIPE,
+                stderr=err, timeout=bench.timeout, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise ServiceError(
@@ -234,6 +235,30 @@ def run_peer(bench: Workbench, engine: str, python: str, run: int) -> RunResult:
         float(report["cpu_seconds"]),
         float(report["peak_rss_mib"]),
     )
+
+
+def peer_command(
+    bench: Workbench, engine: str, python: str, topic: str, out_topic: str, group: str, count: int
+) -> list[str]:
+    """The command line of a peer that scores ``count`` events of ``topic``, then exits."""
+    script = {"bare": "bare_loop.py", "quix": "quix_app.py", "faust": "faust_agent.py"}[engine]
+    return [
+        python, str(PEERS_DIR / script), "--bootstrap", bench.bootstrap,
+        "--topic", topic, "--out-topic", out_topic, "--group", group, "--count", str(count),
+        "--spec", str(bench.spec), "--batch", str(bench.batch),
+    ]  # fmt: skip
+
+
+def peer_group_id(engine: str, group: str) -> str:
+    """The consumer group a peer started with ``--group group`` joins (faust: its app id)."""
+    return f"bench-faust-{group}" if engine == "faust" else group
+
+
+def peer_home(bench: Workbench, engine: str, run: str) -> Path:
+    """Where a peer runs: faust's data folder and Quix Streams' state folder go there."""
+    home = bench.folder / f"{engine}-{run}"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 def _log_catch_up(

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import statistics
+import subprocess
 import threading
 import time
 import uuid
@@ -27,15 +28,20 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
 from stream.bench.engines import (
     ENGINES,
+    PIPELINE_VARIANTS,
     TITLES,
     RunResult,
     Workbench,
+    peer_command,
+    peer_group_id,
+    peer_home,
     peer_python,
     run_peer,
     run_pipeline,
@@ -46,10 +52,15 @@ from stream.demo.data import train_demo_model
 from stream.demo.run import kafka
 from stream.errors import ServiceError, StreamError
 from stream.models.registry import ModelRegistry
-from stream.produce import PacedProducer, event_serde
+from stream.produce import PacedProducer, ProduceReport, event_serde
 from stream.serde import load_schema
 from stream.services.readback import iter_to_end
-from stream.services.topics import create_topics, ensure_topics, wait_for_broker
+from stream.services.topics import (
+    create_topics,
+    ensure_topics,
+    pipeline_topics,
+    wait_for_broker,
+)
 from stream.settings import PipelineConfig, Settings
 
 
@@ -68,8 +79,16 @@ class BenchOptions:
     latency_seconds: float = 30.0
     latency_warmup: float = 5.0
     scale: int = 0  # scaling mode: 1 … scale worker processes on the same partitions
+    # Every engine's latency at one input rate (0: none); the rate, 0: COMPARE_SHARE of
+    # the slowest engine's median events/s, which every engine keeps up with.
+    compare_seconds: float = 10.0
+    compare_rate: float = 0.0
     timeout: float = 900.0
     json_path: Path | None = None
+
+
+# The share of the slowest engine's maximum at which every engine's latency is compared.
+COMPARE_SHARE = 0.5
 
 
 @dataclass
@@ -77,6 +96,9 @@ class EngineResults:
     engine: str
     runs: list[RunResult] = field(default_factory=list)
     error: str | None = None
+    # Its runs at the comparison's rate: percentiles of the measured seconds' latencies.
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    latency_error: str | None = None
 
     def median(self, attribute: str) -> float:
         return float(statistics.median(getattr(r, attribute) for r in self.runs))
@@ -109,8 +131,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         bench = _prepare(settings, options, bootstrap, folder, console)
         results = _throughput(bench, options, console)
         latency = _latency(settings, bench, options, results, console)
+        compare = _compare(settings, bench, options, results, console)
         scaling = [_scaling_run(settings, bench, n, console) for n in range(1, options.scale + 1)]
-    report = _report(bench, options, results, latency, scaling)
+    report = _report(bench, options, results, latency, scaling, compare)
     _print(report, console)
     if options.json_path is not None:
         options.json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,13 +173,7 @@ def _prepare(
         }
     )
     files = {}
-    variants: dict[str, dict[str, Any]] = {
-        "pipeline": {},
-        "pipeline-eos": {"processing_guarantee": "exactly_once"},
-        # The cost of the prediction log that quality from labels reads.
-        "pipeline-nolog": {"quality": {"log_sample_rate": 0.0}},
-    }
-    for engine, changes in variants.items():
+    for engine, changes in PIPELINE_VARIANTS.items():
         path = folder / f"{engine}.yaml"
         config = {**pipeline.model_dump(by_alias=True), **changes}
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -270,14 +287,34 @@ def _latency(
 
 
 def _fresh_pipeline(
-    settings: Settings, bench: Workbench, suffix: str
+    settings: Settings,
+    bench: Workbench,
+    suffix: str,
+    changes: dict[str, Any] | None = None,
+    append_time: bool = False,
 ) -> tuple[PipelineConfig, Path]:
-    """The bench pipeline under a new name, so with empty topics of its own, and its file."""
-    pipeline = bench.pipeline.with_overrides(name=f"{bench.pipeline.name}-{suffix}")
+    """The bench pipeline under a new name, so with empty topics of its own, and its file.
+
+    ``append_time``: its predictions are stamped by the broker when appended
+    (what every engine's outputs get in the comparison, whatever its client sets).
+    """
+    pipeline = bench.pipeline.with_overrides(
+        name=f"{bench.pipeline.name}-{suffix}", **(changes or {})
+    )
     path = bench.folder / f"{pipeline.name}.yaml"
     path.write_text(yaml.safe_dump(pipeline.model_dump(by_alias=True), sort_keys=False))
-    ensure_topics({"bootstrap.servers": bench.bootstrap}, [pipeline], settings.replication_factor)
+    topics = pipeline_topics(pipeline, settings.replication_factor)
+    if append_time:
+        topics = [_append_time(t) if t.topic == pipeline.predictions_topic else t for t in topics]
+    create_topics({"bootstrap.servers": bench.bootstrap}, topics)
     return pipeline, path
+
+
+def _append_time(topic: NewTopic) -> NewTopic:
+    return NewTopic(
+        topic.topic, topic.num_partitions, topic.replication_factor,
+        config={"message.timestamp.type": "LogAppendTime"},
+    )  # fmt: skip
 
 
 def _latency_run(
@@ -289,14 +326,11 @@ def _latency_run(
     warmup: float,
 ) -> dict[str, Any]:
     pipeline, path = _fresh_pipeline(settings, bench, f"l{int(share * 100)}")
-    kafka_config = {"bootstrap.servers": bench.bootstrap}
     worker = bench.worker(path, bench.folder / pipeline.name)
     # Payloads made before the clock starts: the load generator shares the machine's
     # cores with the worker and the broker, so it should take as little as it can.
     producer = bench.producer(settings, pipeline)
-    warmup_events = int(rate * warmup)
-    chunks = producer.prepare(warmup_events + max(1, int(rate * seconds)), seed=2)
-    warming = {key for key, _ in itertools.islice(itertools.chain(*chunks), warmup_events)}
+    chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=2)
     try:
         worker.wait_ready()
         rss_start = worker.memory_mib()["rss"]
@@ -313,22 +347,9 @@ def _latency_run(
         rss_end = worker.memory_mib()["rss"]
     finally:
         worker.stop()
-    # Every event and every prediction: minutes of them at a high rate take a while,
-    # and tens of millions of records, so only each event's time is kept.
-    timeout = max(60.0, sent.produced / 10_000)
-    sent_at = {
-        m.key(): m.timestamp()[1]
-        for m in iter_to_end(kafka_config, [pipeline.events_topic], timeout)
-    }
-    # Per prediction, in the order read: its event's send time, its latency, warm-up or not.
-    sent_ms = array("q")
-    latency_ms = array("q")
-    in_warmup = array("b")
-    for m in iter_to_end(kafka_config, [pipeline.predictions_topic], timeout):
-        key = m.key()
-        sent_ms.append(sent_at[key])
-        latency_ms.append(m.timestamp()[1] - sent_ms[-1])
-        in_warmup.append(key in warming)
+    sent_ms, latency_ms, in_warmup = _read_latencies(
+        bench, pipeline.events_topic, pipeline.predictions_topic, warming, sent.produced
+    )
     latency, warm = np.asarray(latency_ms), np.asarray(in_warmup, dtype=bool)
     first, measured = latency[warm], latency[~warm]
     return {
@@ -346,6 +367,215 @@ def _latency_run(
         "rss_mib": rss.samples,
         "by_second": by_second(sent_ms, latency_ms),
     }
+
+
+def _paced_events(
+    producer: PacedProducer, rate: float, seconds: float, warmup: float, seed: int
+) -> tuple[list[list[tuple[bytes, bytes]]], set[bytes]]:
+    """The payloads of ``warmup`` and then ``seconds`` at ``rate``, and the warm-up's keys."""
+    warmup_events = int(rate * warmup)
+    chunks = producer.prepare(warmup_events + max(1, int(rate * seconds)), seed=seed)
+    warming = {key for key, _ in itertools.islice(itertools.chain(*chunks), warmup_events)}
+    return chunks, warming
+
+
+def _read_latencies(
+    bench: Workbench, events_topic: str, output_topic: str, warming: set[bytes], sent: int
+) -> tuple[array[int], array[int], array[int]]:
+    """Per output, in the order read: its event's send time, its latency, warm-up or not.
+
+    Every event and every output: minutes of them at a high rate take a while,
+    and tens of millions of records, so only each event's time is kept.
+    """
+    kafka_config = {"bootstrap.servers": bench.bootstrap}
+    timeout = max(60.0, sent / 10_000)
+    events = iter_to_end(kafka_config, [events_topic], timeout)
+    sent_at = {m.key(): m.timestamp()[1] for m in events}
+    sent_ms = array("q")
+    latency_ms = array("q")
+    in_warmup = array("b")
+    for m in iter_to_end(kafka_config, [output_topic], timeout):
+        key = m.key()
+        sent_ms.append(sent_at[key])
+        latency_ms.append(m.timestamp()[1] - sent_ms[-1])
+        in_warmup.append(key in warming)
+    return sent_ms, latency_ms, in_warmup
+
+
+def _compare(
+    settings: Settings,
+    bench: Workbench,
+    options: BenchOptions,
+    results: dict[str, EngineResults],
+    console: Console,
+) -> dict[str, Any] | None:
+    """Every engine that ran, fed at one rate on topics of its own, ``runs`` times.
+
+    The rate is one the slowest engine keeps up with, so each engine's latency
+    is its own, not a backlog's. An output's time is the broker's append
+    (``LogAppendTime`` on the runs' output topics), the same for every engine
+    whatever its client sets: Quix Streams, for one, gives an output its
+    input's timestamp.
+    """
+    ran = [engine for engine, outcome in results.items() if outcome.runs]
+    if not options.compare_seconds or not ran:
+        return None
+    rate = options.compare_rate or COMPARE_SHARE * min(
+        results[engine].median("events_per_s") for engine in ran
+    )
+    warmup = options.latency_warmup
+    for run in range(options.runs):
+        for engine in ran:
+            outcome = results[engine]
+            if outcome.latency_error is not None:
+                continue
+            with console.status(f"latency at {rate:,.0f} events/s, run {run + 1}: {engine}…"):
+                try:
+                    row = _compare_run(
+                        settings, bench, engine, rate, options.compare_seconds, warmup, run
+                    )
+                except ServiceError as exc:
+                    outcome.latency_error = str(exc)
+                    console.print(f"[red]{engine} at {rate:,.0f} events/s failed:[/] {exc}")
+                    continue
+            outcome.latency.append(row)
+            console.print(
+                f"run {run + 1}/{options.runs} {engine:<14} at {rate:,.0f} events/s: "
+                f"p50 {_ms(row['p50_ms'])} ms, p99 {_ms(row['p99_ms'])} ms"
+            )
+    return {"rate": round(rate, 1), "seconds": options.compare_seconds, "warmup_seconds": warmup}
+
+
+def _compare_run(
+    settings: Settings,
+    bench: Workbench,
+    engine: str,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    run: int,
+) -> dict[str, Any]:
+    """One engine at ``rate``: its events sent once it owns every partition, read back."""
+    if engine.startswith("pipeline"):
+        pipeline, path = _fresh_pipeline(
+            settings, bench, f"c{run}-{engine}", PIPELINE_VARIANTS[engine], append_time=True
+        )
+        events_topic, output_topic = pipeline.events_topic, pipeline.predictions_topic
+        producer = bench.producer(settings, pipeline)
+        chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=4)
+        worker = bench.worker(path, bench.folder / pipeline.name)
+        try:
+            worker.wait_ready()
+            sent = producer.send(chunks, rate)
+            worker.wait_until(
+                lambda s: s["pipelines"][pipeline.name]["engine"]["predictions"] >= sent.produced,
+                bench.timeout,
+                "every event scored",
+            )
+        finally:
+            worker.stop()
+    else:
+        sent, events_topic, output_topic, warming = _compare_peer(
+            settings, bench, engine, rate, seconds, warmup, run
+        )
+    _, latency_ms, in_warmup = _read_latencies(
+        bench, events_topic, output_topic, warming, sent.produced
+    )
+    latency, warm = np.asarray(latency_ms), np.asarray(in_warmup, dtype=bool)
+    return {
+        "sent": sent.produced,
+        "events": len(latency),
+        "measured_events": int((~warm).sum()),
+        **_percentiles(latency[~warm]),
+    }
+
+
+def _compare_peer(
+    settings: Settings,
+    bench: Workbench,
+    engine: str,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    run: int,
+) -> tuple[ProduceReport, str, str, set[bytes]]:
+    """A peer script on topics of its own; it exits once it has scored every event sent."""
+    events_topic = f"{bench.pipeline.name}.c{run}-{engine}"
+    output_topic = f"{events_topic}-out"
+    partitions, replication = bench.pipeline.partitions, settings.replication_factor
+    create_topics(
+        {"bootstrap.servers": bench.bootstrap},
+        [
+            NewTopic(events_topic, partitions, replication),
+            _append_time(NewTopic(output_topic, partitions, replication)),
+        ],
+    )
+    producer = PacedProducer(
+        {"bootstrap.servers": bench.bootstrap},
+        events_topic,
+        event_serde(settings, bench.pipeline),
+        bench.source,
+    )
+    chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=4)
+    count = sum(len(chunk) for chunk in chunks)
+    group = f"bench-{engine}-{uuid.uuid4().hex[:8]}"
+    command = peer_command(
+        bench, engine, peer_python(engine), events_topic, output_topic, group, count
+    )
+    log = bench.folder / f"{engine}-c{run}.log"
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            command, cwd=peer_home(bench, engine, f"c{run}"), stdout=subprocess.DEVNULL,
+            stderr=err, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        _wait_assigned(bench, peer_group_id(engine, group), events_topic, process, log)
+        sent = producer.send(chunks, rate)
+        if sent.failed:
+            raise ServiceError(f"{engine}: {sent.failed} events were not acknowledged")
+        try:
+            code = process.wait(bench.timeout)
+        except subprocess.TimeoutExpired:
+            raise ServiceError(
+                f"{engine}: {count} events not scored after {bench.timeout:.0f}s; see {log}"
+            ) from None
+        if code != 0:
+            raise ServiceError(f"{engine}: exited with code {code}; see {log}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return sent, events_topic, output_topic, warming
+
+
+def _wait_assigned(
+    bench: Workbench, group: str, topic: str, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Until ``group`` is stable with every partition of ``topic`` assigned."""
+    admin = AdminClient({"bootstrap.servers": bench.bootstrap, "log_level": 0})
+    deadline = time.monotonic() + bench.timeout
+    while True:
+        if process.poll() is not None:
+            raise ServiceError(f"exited with code {process.returncode} before joining; see {log}")
+        try:
+            (description,) = (
+                future.result()
+                for future in admin.describe_consumer_groups([group], request_timeout=10).values()
+            )
+        except KafkaException:
+            description = None
+        if description is not None and description.state == ConsumerGroupState.STABLE:
+            owned = {
+                tp.partition
+                for member in description.members
+                for tp in member.assignment.topic_partitions
+                if tp.topic == topic
+            }
+            if len(owned) == bench.pipeline.partitions:
+                return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"not assigned {topic} after {bench.timeout:.0f}s; see {log}")
+        time.sleep(0.2)
 
 
 class _RssSampler:
@@ -488,9 +718,11 @@ def _report(
     results: dict[str, EngineResults],
     latency: list[dict[str, Any]],
     scaling: list[dict[str, Any]],
+    compare: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     bare = results.get("bare")
     bare_rate = bare.median("events_per_s") if bare and bare.runs else None
+    bare_p99 = _latency_median(bare.latency, "p99_ms") if bare else None
     engines: dict[str, Any] = {}
     for engine, outcome in results.items():
         entry: dict[str, Any] = {
@@ -515,6 +747,14 @@ def _report(
                     "runs": len(unsteady),
                     "events_for_steady": _events_for_steady(unsteady),
                 }
+        if outcome.latency_error:
+            entry["latency_error"] = outcome.latency_error
+        if outcome.latency:
+            entry["latency"] = {"runs": outcome.latency, "median": _latency_medians(outcome)}
+            p99 = entry["latency"]["median"]["p99_ms"]
+            entry["p99_ratio_to_bare"] = (
+                round(p99 / bare_p99, 3) if p99 is not None and bare_p99 else None
+            )
         engines[engine] = entry
     report: dict[str, Any] = {
         "workload": {
@@ -524,11 +764,28 @@ def _report(
             "features": bench.features,
         },
         "engines": engines,
+        "compare": compare,
         "latency": latency,
         "scaling": scaling,
     }  # fmt: skip
     report["targets"] = [asdict(verdict) for verdict in judge(report)]
     return report
+
+
+def _latency_median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in runs if row[key] is not None]
+    return float(statistics.median(values)) if values else None
+
+
+def _latency_medians(outcome: EngineResults) -> dict[str, float | None]:
+    """p50 and p99 of the comparison's runs: the median with the spread (min-max)."""
+    medians: dict[str, float | None] = {}
+    for key in ("p50_ms", "p99_ms"):
+        values = [row[key] for row in outcome.latency if row[key] is not None]
+        medians[key] = _latency_median(outcome.latency, key)
+        medians[f"{key}_min"] = min(values) if values else None
+        medians[f"{key}_max"] = max(values) if values else None
+    return medians
 
 
 def _events_for_steady(runs: list[RunResult]) -> int:
@@ -554,26 +811,54 @@ def _cpu(per_1k: float | None) -> str:
     return "n/a" if per_1k is None else f"{per_1k:.3f}"
 
 
+def _latency_cells(entry: dict[str, Any], bare_p99: float | None) -> list[str]:
+    """p50, p99 (min-max) and p99 against the bare loop's, or why there are none."""
+    if "latency" not in entry:
+        return [entry.get("latency_error", "n/a"), "", ""]
+    median = entry["latency"]["median"]
+    cells = []
+    for key in ("p50_ms", "p99_ms"):
+        value, low, high = median[key], median[f"{key}_min"], median[f"{key}_max"]
+        cells.append("n/a" if value is None else f"{value:.0f} ({low:.0f}-{high:.0f})")
+    p99 = median["p99_ms"]
+    # From the medians, as the events/s ratio is: not the report's ratio rounded twice.
+    return [*cells, f"{p99 / bare_p99:.2f}" if p99 is not None and bare_p99 else ""]
+
+
 def _print(report: dict[str, Any], console: Console) -> None:
-    table = Table(title="throughput: median of the runs (min-max)")
-    for column in ("engine", "events/s", "x bare", "CPU s / 1k events", "peak RSS MiB"):
+    compare = report.get("compare")
+    title = "throughput: median of the runs (min-max)"
+    columns = ["engine", "events/s", "x bare", "CPU s / 1k events", "peak RSS MiB"]
+    if compare:
+        title += (
+            f"; latency of each engine at {compare['rate']:,.0f} events/s, after its first "
+            f"{compare['warmup_seconds']:g} s (to the broker's append of each output)"
+        )
+        columns += ["p50 ms", "p99 ms", "p99 x bare"]
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, justify="left" if column == "engine" else "right")
     # From the medians as the targets take them, so both tables print the same ratio.
     bare = median_rate(report["engines"], "bare")
+    bare_latency = report["engines"].get("bare", {}).get("latency")
+    bare_p99 = bare_latency["median"]["p99_ms"] if bare_latency else None
     for entry in report["engines"].values():
         median = entry.get("median")
         if median is None:
-            table.add_row(entry["title"], entry.get("error", "no runs"), "", "", "")
+            table.add_row(entry["title"], entry.get("error", "no runs"))
             continue
         ratio = median["events_per_s"] / bare if bare else None
-        table.add_row(
+        cells = [
             entry["title"],
             f"{median['events_per_s']:,.0f} ({median['events_per_s_min']:,.0f}-"
             f"{median['events_per_s_max']:,.0f})",
             "" if ratio is None else f"{ratio:.2f}",
             _cpu(median["cpu_s_per_1k"]),
             f"{median['peak_rss_mib']:.0f}",
-        )
+        ]
+        if compare:
+            cells += _latency_cells(entry, bare_p99)
+        table.add_row(*cells)
     console.print(table)
     for entry in report["engines"].values():
         if unsteady := entry.get("not_steady"):
@@ -589,9 +874,9 @@ def _print(report: dict[str, Any], console: Console) -> None:
             title="end-to-end latency of the pipeline at a fixed input rate, "
             f"after its first {warmup:g} s"
         )
-        columns = ("share of max", "events/s sent", "p50 ms", "p95 ms", "p99 ms", "max ms")
+        shares = ("share of max", "events/s sent", "p50 ms", "p95 ms", "p99 ms", "max ms")
         for column in (
-            *columns, "worst second p99 ms (at s)", f"first {warmup:g} s: p99/max ms",
+            *shares, "worst second p99 ms (at s)", f"first {warmup:g} s: p99/max ms",
             "RSS MiB start/end",
         ):  # fmt: skip
             lat.add_column(column, justify="right")

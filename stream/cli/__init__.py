@@ -348,6 +348,21 @@ def bench(
             "reported apart (each run starts on new topics).",
         ),
     ] = 5,
+    compare_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Measured length of each engine's runs at one common input rate, for the "
+            "throughput table's p50/p99 columns (after --latency-warmup); 0 for none.",
+        ),
+    ] = 10,
+    compare_rate: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="That common rate in events/s; 0: half the slowest engine's median events/s.",
+        ),
+    ] = 0,
     scale: Annotated[
         int, typer.Option(min=0, help="Scaling mode: 1 … N worker processes; 0 for none.")
     ] = 0,
@@ -376,6 +391,7 @@ def bench(
             format=format,  # type: ignore[arg-type]
             engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
             latency=shares, latency_seconds=latency_seconds, latency_warmup=latency_warmup,
+            compare_seconds=compare_seconds, compare_rate=compare_rate,
             scale=scale, json_path=json_file,
         ),
         console,

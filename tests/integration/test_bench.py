@@ -30,7 +30,8 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
         settings,
         BenchOptions(
             events=1000, runs=1, partitions=2, trees=10, latency=(0.5,), latency_seconds=2,
-            latency_warmup=1, scale=2, timeout=300, json_path=tmp_path / "bench.json",
+            latency_warmup=1, compare_seconds=1, scale=2, timeout=300,
+            json_path=tmp_path / "bench.json",
         ),
         Console(file=out, width=200),
     )  # fmt: skip
@@ -46,7 +47,15 @@ def test_bench_smoke_runs_every_engine_and_writes_its_report(
             assert entry["not_steady"]["runs"] == 1, engine
             assert f"{entry['title']}: 1 of 1 runs had scored" in out.getvalue()
         assert entry["ratio_to_bare"] > 0
+        # Its latency at the one rate every engine is fed at: an output for every event.
+        assert "latency_error" not in entry, entry.get("latency_error")
+        (compared,) = entry["latency"]["runs"]
+        assert compared["events"] == compared["sent"] > 0, engine
+        assert compared["measured_events"] > 0, engine
+        assert 0 <= compared["p50_ms"] <= compared["p99_ms"] <= compared["max_ms"], engine
     assert report["engines"]["bare"]["ratio_to_bare"] == 1.0
+    assert report["engines"]["bare"]["p99_ratio_to_bare"] == 1.0
+    assert report["compare"]["rate"] > 0 and report["compare"]["seconds"] == 1
     (latency,) = report["latency"]
     assert latency["events"] == latency["sent"] > 0, "a latency for every event sent"
     first = latency["warmup"]
@@ -82,7 +91,7 @@ def test_bench_takes_a_number_of_float_features(kafka_bootstrap: str, tmp_path: 
         settings,
         BenchOptions(
             events=1000, runs=1, partitions=2, trees=10, features=40, latency=(),
-            engines=("pipeline", "bare", "quix"), timeout=300,
+            compare_seconds=0, engines=("pipeline", "bare", "quix"), timeout=300,
         ),
         Console(file=io.StringIO(), width=200),
     )  # fmt: skip

@@ -268,3 +268,49 @@ def test_the_chart_has_the_latency_by_second_when_the_run_measured_it(tmp_path: 
         _chart(report, tmp_path / name)
     throughput, both = (Image.open(tmp_path / n) for n in ("throughput.png", "both.png"))
     assert both.height > throughput.height, "a panel below the engines' bars"
+
+
+def _compared(p50: float | None, p99: float | None) -> dict[str, Any]:
+    return {"sent": 3_000, "events": 3_000, "measured_events": 2_000, "p50_ms": p50,
+            "p95_ms": p99, "p99_ms": p99, "max_ms": p99}  # fmt: skip
+
+
+def test_every_engines_latency_at_one_rate_is_in_the_throughput_table() -> None:
+    results = {
+        "pipeline": EngineResults(
+            "pipeline", _runs(70_000), latency=[_compared(18, 30), _compared(20, 26)]
+        ),
+        "bare": EngineResults("bare", _runs(40_000), latency=[_compared(70, 110)]),
+        "quix": EngineResults(
+            "quix", _runs(14_000), latency_error="quix: exited with code 1 before joining"
+        ),
+    }
+    compare = {"rate": 1_050.0, "seconds": 10.0, "warmup_seconds": 5.0}
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, [], [], compare)
+    assert report["compare"] == compare
+    pipeline = report["engines"]["pipeline"]
+    assert pipeline["latency"]["median"] == {
+        "p50_ms": 19.0, "p50_ms_min": 18, "p50_ms_max": 20,
+        "p99_ms": 28.0, "p99_ms_min": 26, "p99_ms_max": 30,
+    }  # fmt: skip
+    assert pipeline["p99_ratio_to_bare"] == round(28 / 110, 3)
+    assert report["engines"]["bare"]["p99_ratio_to_bare"] == 1.0
+    assert "latency" not in report["engines"]["quix"]
+    assert report["engines"]["quix"]["latency_error"].startswith("quix: exited")
+    console = Console(record=True, width=250)
+    _print(report, console)
+    text = console.export_text()
+    assert "latency of each engine at 1,050 events/s" in text
+    row = next(line for line in text.splitlines() if "70,000" in line)
+    assert "19 (18-20)" in row and "28 (26-30)" in row and "0.25" in row.split()
+    row = next(line for line in text.splitlines() if "14,000" in line)
+    assert "before joining" in row, "an engine whose run failed says why"
+
+
+def test_a_run_with_no_comparison_prints_no_latency_columns() -> None:
+    results = {"pipeline": EngineResults("pipeline", _runs(70_000))}
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, [], [])
+    assert report["compare"] is None and "latency" not in report["engines"]["pipeline"]
+    console = Console(record=True, width=250)
+    _print(report, console)
+    assert "p99 x bare" not in console.export_text()
