@@ -934,9 +934,26 @@ def _chart(report: dict[str, Any], path: Path) -> None:
         _latency_chart(by_second_ax, latency)
     else:
         fig, ax = plt.subplots(figsize=(9, height))
-    ax.barh(names, rates, xerr=[low, high], color="#4c72b0")
+    bars = ax.barh(names, rates, xerr=[low, high], color="#4c72b0")
     ax.invert_yaxis()
     ax.set_xlabel("events/s (median, min-max)")
+    if compare := report.get("compare"):
+        # Each engine's latency at the one rate, beside its bar's error bar.
+        ends = [rate + above for rate, above in zip(rates, high, strict=True)]
+        for bar, end, entry in zip(bars, ends, entries, strict=True):
+            median = entry.get("latency", {}).get("median", {})
+            if median.get("p99_ms") is None:
+                continue
+            ax.text(
+                end + 0.01 * max(ends), bar.get_y() + bar.get_height() / 2,
+                f"p50 {median['p50_ms']:.0f} / p99 {median['p99_ms']:.0f} ms",
+                va="center", fontsize=8,
+            )  # fmt: skip
+        ax.set_xlim(0, 1.3 * max(ends))
+        ax.set_xlabel(
+            f"events/s (median, min-max)\nbeside each bar: its latency at {compare['rate']:,.0f} "
+            "events/s, to each output's append"
+        )
     workload = report["workload"]
     ax.set_title(
         f"{workload['events']:,} events, {workload['runs']} runs, {workload['trees']} trees "

@@ -268,6 +268,14 @@ def test_the_chart_has_the_latency_by_second_when_the_run_measured_it(tmp_path: 
         _chart(report, tmp_path / name)
     throughput, both = (Image.open(tmp_path / n) for n in ("throughput.png", "both.png"))
     assert both.height > throughput.height, "a panel below the engines' bars"
+    # Every engine's latency at one rate goes beside its bar: the same size, other pixels.
+    results["pipeline"].latency = [_compared(18, 30)]
+    compare = {"rate": 1_050.0, "seconds": 10.0, "warmup_seconds": 5.0}
+    report = _report(cast(Any, _Bench(features=20)), BenchOptions(), results, [], [], compare)
+    _chart(report, tmp_path / "compared.png")
+    compared = Image.open(tmp_path / "compared.png")
+    assert compared.size == throughput.size
+    assert compared.tobytes() != throughput.tobytes()
 
 
 def _compared(p50: float | None, p99: float | None) -> dict[str, Any]:
