@@ -7,7 +7,9 @@ a fixed time; end-to-end latency is the prediction's Kafka timestamp minus
 the event's. Each latency run is a fresh pipeline (new topics, consumer
 groups and ClickHouse tables), whose first events pay for creating them; the
 run's first ``latency_warmup`` seconds of traffic, at the same rate, are
-reported apart from the measured time after them.
+reported apart from the measured time after them. Then every engine, the
+peers too, is fed at one rate they all keep up with, for the throughput
+table's latency columns.
 """
 
 from __future__ import annotations

@@ -344,8 +344,8 @@ def bench(
         float,
         typer.Option(
             min=0,
-            help="Seconds of traffic at the same rate before each latency run's measured time, "
-            "reported apart (each run starts on new topics).",
+            help="Seconds of traffic at the same rate before the measured time of each latency "
+            "run and each run at the common rate, reported apart (each starts on new topics).",
         ),
     ] = 5,
     compare_seconds: Annotated[
