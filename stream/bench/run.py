@@ -724,7 +724,7 @@ def _report(
 ) -> dict[str, Any]:
     bare = results.get("bare")
     bare_rate = bare.median("events_per_s") if bare and bare.runs else None
-    bare_p99 = _latency_median(bare.latency, "p99_ms") if bare else None
+    bare_p99 = _latency_medians(bare)["p99_ms"] if bare else None
     engines: dict[str, Any] = {}
     for engine, outcome in results.items():
         entry: dict[str, Any] = {
@@ -774,17 +774,12 @@ def _report(
     return report
 
 
-def _latency_median(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [row[key] for row in runs if row[key] is not None]
-    return float(statistics.median(values)) if values else None
-
-
 def _latency_medians(outcome: EngineResults) -> dict[str, float | None]:
     """p50 and p99 of the comparison's runs: the median with the spread (min-max)."""
     medians: dict[str, float | None] = {}
     for key in ("p50_ms", "p99_ms"):
         values = [row[key] for row in outcome.latency if row[key] is not None]
-        medians[key] = _latency_median(outcome.latency, key)
+        medians[key] = float(statistics.median(values)) if values else None
         medians[f"{key}_min"] = min(values) if values else None
         medians[f"{key}_max"] = max(values) if values else None
     return medians
