@@ -433,9 +433,8 @@ def _compare(
                 continue
             with console.status(f"latency at {rate:,.0f} events/s, run {run + 1}: {engine}…"):
                 try:
-                    row = _compare_run(
-                        settings, bench, engine, rate, options.compare_seconds, warmup, run
-                    )
+                    feed = _Feed(rate, options.compare_seconds, warmup, run)
+                    row = _compare_run(settings, bench, engine, feed)
                 except ServiceError as exc:
                     outcome.latency_error = str(exc)
                     console.print(f"[red]{engine} at {rate:,.0f} events/s failed:[/] {exc}")
@@ -448,27 +447,29 @@ def _compare(
     return {"rate": round(rate, 1), "seconds": options.compare_seconds, "warmup_seconds": warmup}
 
 
-def _compare_run(
-    settings: Settings,
-    bench: Workbench,
-    engine: str,
-    rate: float,
-    seconds: float,
-    warmup: float,
-    run: int,
-) -> dict[str, Any]:
-    """One engine at ``rate``: its events sent once it owns every partition, read back."""
+@dataclass(frozen=True)
+class _Feed:
+    """One run at the comparison's rate: ``warmup`` and then ``seconds`` of events."""
+
+    rate: float
+    seconds: float
+    warmup: float
+    run: int
+
+
+def _compare_run(settings: Settings, bench: Workbench, engine: str, feed: _Feed) -> dict[str, Any]:
+    """One engine at the rate: its events sent once it owns every partition, read back."""
     if engine.startswith("pipeline"):
         pipeline, path = _fresh_pipeline(
-            settings, bench, f"c{run}-{engine}", PIPELINE_VARIANTS[engine], append_time=True
+            settings, bench, f"c{feed.run}-{engine}", PIPELINE_VARIANTS[engine], append_time=True
         )
         events_topic, output_topic = pipeline.events_topic, pipeline.predictions_topic
         producer = bench.producer(settings, pipeline)
-        chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=4)
+        chunks, warming = _paced_events(producer, feed.rate, feed.seconds, feed.warmup, seed=4)
         worker = bench.worker(path, bench.folder / pipeline.name)
         try:
             worker.wait_ready()
-            sent = producer.send(chunks, rate)
+            sent = producer.send(chunks, feed.rate)
             worker.wait_until(
                 lambda s: s["pipelines"][pipeline.name]["engine"]["predictions"] >= sent.produced,
                 bench.timeout,
@@ -477,9 +478,7 @@ def _compare_run(
         finally:
             worker.stop()
     else:
-        sent, events_topic, output_topic, warming = _compare_peer(
-            settings, bench, engine, rate, seconds, warmup, run
-        )
+        sent, events_topic, output_topic, warming = _compare_peer(settings, bench, engine, feed)
     _, latency_ms, in_warmup = _read_latencies(
         bench, events_topic, output_topic, warming, sent.produced
     )
@@ -493,16 +492,10 @@ def _compare_run(
 
 
 def _compare_peer(
-    settings: Settings,
-    bench: Workbench,
-    engine: str,
-    rate: float,
-    seconds: float,
-    warmup: float,
-    run: int,
+    settings: Settings, bench: Workbench, engine: str, feed: _Feed
 ) -> tuple[ProduceReport, str, str, set[bytes]]:
     """A peer script on topics of its own; it exits once it has scored every event sent."""
-    events_topic = f"{bench.pipeline.name}.c{run}-{engine}"
+    events_topic = f"{bench.pipeline.name}.c{feed.run}-{engine}"
     output_topic = f"{events_topic}-out"
     partitions, replication = bench.pipeline.partitions, settings.replication_factor
     create_topics(
@@ -518,21 +511,21 @@ def _compare_peer(
         event_serde(settings, bench.pipeline),
         bench.source,
     )
-    chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=4)
+    chunks, warming = _paced_events(producer, feed.rate, feed.seconds, feed.warmup, seed=4)
     count = sum(len(chunk) for chunk in chunks)
     group = f"bench-{engine}-{uuid.uuid4().hex[:8]}"
     command = peer_command(
         bench, engine, peer_python(engine), events_topic, output_topic, group, count
     )
-    log = bench.folder / f"{engine}-c{run}.log"
+    log = bench.folder / f"{engine}-c{feed.run}.log"
     with log.open("wb") as err:
         process = subprocess.Popen(
-            command, cwd=peer_home(bench, engine, f"c{run}"), stdout=subprocess.DEVNULL,
+            command, cwd=peer_home(bench, engine, f"c{feed.run}"), stdout=subprocess.DEVNULL,
             stderr=err, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
         _wait_assigned(bench, peer_group_id(engine, group), events_topic, process, log)
-        sent = producer.send(chunks, rate)
+        sent = producer.send(chunks, feed.rate)
         if sent.failed:
             raise ServiceError(f"{engine}: {sent.failed} events were not acknowledged")
         try:
