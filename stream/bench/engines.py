@@ -116,10 +116,13 @@ class Workbench:
     def output_topic(self, engine: str) -> str:
         return f"{self.pipeline.name}.bench-{engine}"
 
-    def producer(self, settings: Settings, pipeline: PipelineConfig) -> PacedProducer:
+    def producer(
+        self, settings: Settings, pipeline: PipelineConfig, topic: str | None = None
+    ) -> PacedProducer:
+        """The load generator for ``pipeline``'s events, to its topic or to ``topic``."""
         kafka_config = {"bootstrap.servers": self.bootstrap}
         serde = event_serde(settings, pipeline)
-        return PacedProducer(kafka_config, pipeline.events_topic, serde, self.source)
+        return PacedProducer(kafka_config, topic or pipeline.events_topic, serde, self.source)
 
     def worker(self, pipeline_file: Path, home: Path, app_id: str | None = None) -> WorkerProcess:
         """A started `stream worker` with a state folder of its own (ClickHouse: ``worker_env``)."""

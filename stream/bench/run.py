@@ -505,12 +505,7 @@ def _compare_peer(
             _append_time(NewTopic(output_topic, partitions, replication)),
         ],
     )
-    producer = PacedProducer(
-        {"bootstrap.servers": bench.bootstrap},
-        events_topic,
-        event_serde(settings, bench.pipeline),
-        bench.source,
-    )
+    producer = bench.producer(settings, bench.pipeline, events_topic)
     chunks, warming = _paced_events(producer, feed.rate, feed.seconds, feed.warmup, seed=4)
     count = sum(len(chunk) for chunk in chunks)
     group = f"bench-{engine}-{uuid.uuid4().hex[:8]}"
