@@ -57,6 +57,7 @@ from stream.models.registry import ModelRegistry
 from stream.produce import PacedProducer, ProduceReport, event_serde
 from stream.serde import load_schema
 from stream.services.readback import iter_to_end
+from stream.services.stopping import uninterrupted
 from stream.services.topics import (
     create_topics,
     ensure_topics,
@@ -513,12 +514,13 @@ def _compare_peer(
         bench, engine, peer_python(engine), events_topic, output_topic, group, count
     )
     log = bench.folder / f"{engine}-c{feed.run}.log"
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            command, cwd=peer_home(bench, engine, f"c{feed.run}"), stdout=subprocess.DEVNULL,
-            stderr=err, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+    process: subprocess.Popen[bytes] | None = None
     try:
+        with uninterrupted(), log.open("wb") as err:
+            process = subprocess.Popen(
+                command, cwd=peer_home(bench, engine, f"c{feed.run}"), stdout=subprocess.DEVNULL,
+                stderr=err, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
         _wait_assigned(bench, peer_group_id(engine, group), events_topic, process, log)
         sent = producer.send(chunks, feed.rate)
         if sent.failed:
@@ -532,7 +534,7 @@ def _compare_peer(
         if code != 0:
             raise ServiceError(f"{engine}: exited with code {code}; see {log}")
     finally:
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
     return sent, events_topic, output_topic, warming

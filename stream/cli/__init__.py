@@ -14,6 +14,7 @@ from rich.table import Table
 from stream.cli.closed_loop import models  # the models group, with retrain and promote
 from stream.cli.common import configure, console, pipeline_path
 from stream.errors import SettingsError, StreamError
+from stream.services.stopping import unwind_on_stop_signals
 from stream.settings import load_pipeline
 
 app = typer.Typer(
@@ -303,6 +304,7 @@ def broker() -> None:
 
 
 def main() -> None:
+    unwind_on_stop_signals()
     try:
         app()
     except StreamError as exc:

@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream.errors import ServiceError
+from stream.services.stopping import uninterrupted
 from stream.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -184,14 +185,17 @@ class KafkaBroker:
             )  # fmt: skip
             if fmt.returncode != 0:
                 raise ServiceError(f"formatting Kafka storage failed: {fmt.stderr.strip()[-500:]}")
-        log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            [*jvm, "kafka.Kafka", str(props)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log_file.close()
-        self._wait_ready(timeout)
+        try:
+            with uninterrupted(), self.log_path.open("ab") as log_file:
+                self._process = subprocess.Popen(
+                    [*jvm, "kafka.Kafka", str(props)],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )  # fmt: skip
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()  # the caller has no broker to stop: a signal, or it never got ready
+            raise
         log.info("Kafka broker ready at %s (pid %d)", self.bootstrap, self._process.pid)
         return self
 
@@ -205,7 +209,6 @@ class KafkaBroker:
             if broker_answers(self.bootstrap, timeout=1.0) and issues_producer_ids(self.bootstrap):
                 return
             time.sleep(0.2)
-        self.stop()
         raise ServiceError(
             f"Kafka broker did not answer within {timeout:.0f}s (log: {self.log_path})"
         )
@@ -215,16 +218,19 @@ class KafkaBroker:
         return self._process.pid if self._process else None
 
     def stop(self, timeout: float = 30.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("Kafka broker did not stop in %.0fs; killing pid %d", timeout, process.pid)
-            process.kill()
-            process.wait()
+        with uninterrupted():
+            process, self._process = self._process, None
+            if process is None or process.poll() is not None:
+                return
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "Kafka broker did not stop in %.0fs; killing pid %d", timeout, process.pid
+                )
+                process.kill()
+                process.wait()
 
     def __enter__(self) -> KafkaBroker:
         return self.start()

@@ -15,6 +15,7 @@ from typing import Any
 
 from stream.errors import ServiceError
 from stream.services.kafka import free_port
+from stream.services.stopping import uninterrupted
 
 
 class WorkerProcess:
@@ -27,13 +28,16 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker", "--pipeline", str(self.pipeline_file)],
-            env=self.env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log_file.close()
+        command = [sys.executable, "-m", "stream", "worker", "--pipeline", str(self.pipeline_file)]
+        try:
+            with uninterrupted(), self.log_path.open("ab") as log_file:
+                self._process = subprocess.Popen(
+                    command, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+        except BaseException:
+            self.stop()  # a stop signal came while it started: the caller has no worker to stop
+            raise
         return self
 
     @property
@@ -104,13 +108,14 @@ class WorkerProcess:
         process = self._process
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with uninterrupted():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         return process.returncode
 
     def kill(self) -> None:
