@@ -293,8 +293,9 @@ def broker() -> None:
     kafka = KafkaBroker(settings.home / "kafka").start()
     console.print(f"Kafka broker on {kafka.bootstrap} (pid {kafka.pid}); Ctrl-C stops it")
     console.print(f"export STREAM_KAFKA_BOOTSTRAP={kafka.bootstrap}")
-    # sigwait takes the signals only while they are blocked; unblocked, SIGTERM's default
-    # action would end this process and leave the broker (a session of its own) running.
+    # A stop signal is how this command ends, so it is waited for, not raised
+    # (stream.services.stopping): the broker stops and the command exits 0. sigwait
+    # takes the signals only while they are blocked.
     stop = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:

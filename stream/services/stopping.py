@@ -1,5 +1,4 @@
-"""How a command stops on a signal: SIGTERM unwinds it as Ctrl-C does, never mid-start or
-mid-stop of a child process.
+"""Stop signals unwind a command as Ctrl-C does, never mid-start or mid-stop of a child.
 
 The brokers and workers a command starts run in sessions of their own, so a
 signal to the command does not reach them: only the command's ``finally``
