@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from stream.cli.closed_loop import models  # the models group, with retrain and promote
-from stream.cli.common import configure, console, pipeline_path
+from stream.cli.common import configure, console, output_file, pipeline_path
 from stream.errors import SettingsError, StreamError
 from stream.services.stopping import unwind_on_stop_signals
 from stream.settings import load_pipeline
@@ -259,6 +259,8 @@ def report(
     from stream import report as pages
     from stream.sinks.clickhouse import connect
 
+    if out is not None:
+        output_file("--out", out)
     settings = configure()
     now = datetime.now(UTC)
     start = pages.parse_since(since, now)
@@ -384,6 +386,8 @@ def bench(
         raise SettingsError("--latency", f"comma-separated numbers, not {latency!r}") from None
     if any(not 0 < s <= 1 for s in shares):
         raise SettingsError("--latency", "each share must lie in (0, 1]")
+    if json_file is not None:
+        output_file("--json", json_file)
     settings = configure()
     logging.getLogger().setLevel(logging.WARNING)
     run_bench(

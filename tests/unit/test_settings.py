@@ -130,6 +130,23 @@ def test_cli_unreachable_clickhouse_server() -> None:
     assert_one_line_error(result, "STREAM_CLICKHOUSE_DSN", "cannot use ClickHouse")
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [(("report", "--out"), "--out"), (("bench", "--events", "100", "--json"), "--json")],
+)
+def test_cli_output_file_is_checked_before_the_command_runs(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    """A folder, or a path under a file, is refused at once (a bench is not run for nothing)."""
+    result = run_cli(*args, str(tmp_path))
+    assert result.returncode == 2
+    assert_one_line_error(result, option, str(tmp_path), "is a folder")
+    (tmp_path / "file").write_text("")
+    result = run_cli(*args, str(tmp_path / "file" / "out"))
+    assert result.returncode == 2
+    assert_one_line_error(result, option, "cannot create the folder", str(tmp_path / "file"))
+
+
 def test_cli_bad_env_value() -> None:
     result = run_cli("db", "migrate", env={"STREAM_WEB_PORT": "eighty"})
     assert result.returncode == 2
