@@ -387,6 +387,8 @@ def bench(
     if any(not 0 < s <= 1 for s in shares):
         raise SettingsError("--latency", "each share must lie in (0, 1]")
     if json_file is not None:
+        if json_file.suffix.lower() == ".png":
+            raise SettingsError("--json", f"{json_file}: the chart is written beside it as .png")
         output_file("--json", json_file)
     settings = configure()
     logging.getLogger().setLevel(logging.WARNING)

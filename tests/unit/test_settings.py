@@ -147,6 +147,12 @@ def test_cli_output_file_is_checked_before_the_command_runs(
     assert_one_line_error(result, option, "cannot create the folder", str(tmp_path / "file"))
 
 
+def test_cli_bench_json_file_is_not_where_its_chart_goes(tmp_path: Path) -> None:
+    result = run_cli("bench", "--events", "100", "--json", str(tmp_path / "bench.png"))
+    assert result.returncode == 2
+    assert_one_line_error(result, "--json", "the chart is written beside it")
+
+
 def test_cli_bad_env_value() -> None:
     result = run_cli("db", "migrate", env={"STREAM_WEB_PORT": "eighty"})
     assert result.returncode == 2
