@@ -29,8 +29,8 @@ def hold() -> None:
         [sys.executable, "-c", "import time; time.sleep(120)"],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    print(child.pid, flush=True)
     try:
+        print(child.pid, flush=True)  # inside: the test's signal comes once it reads this
         time.sleep(120)
     finally:
         child.terminate()
