@@ -125,9 +125,11 @@ class Workbench:
         return PacedProducer(kafka_config, topic or pipeline.events_topic, serde, self.source)
 
     def worker(self, pipeline_file: Path, home: Path, app_id: str | None = None) -> WorkerProcess:
-        """A started `stream worker` with a state folder of its own (ClickHouse: ``worker_env``)."""
+        """A `stream worker` with a state folder of its own (ClickHouse: ``worker_env``), not
+        started: it is started inside the ``try`` that stops it, so that a stop signal that
+        comes between the two does not leave it running."""
         env = self.worker_env(home, app_id)
-        return WorkerProcess(pipeline_file, env, home / "worker.log").start()
+        return WorkerProcess(pipeline_file, env, home / "worker.log")
 
     def worker_env(self, home: Path, app_id: str | None = None) -> dict[str, str]:
         """A worker's settings. Workers run side by side in scaling mode, so each embedded
@@ -156,7 +158,7 @@ def run_pipeline(bench: Workbench, engine: str, run: int) -> RunResult:
     _start_log_group(bench)
     worker = bench.worker(bench.pipeline_files[engine], bench.folder / f"{engine}-{run}")
     try:
-        pid = worker.pid
+        pid = worker.start().pid
         assert pid is not None
         # (time, CPU seconds, events done) when the worker is fully up: engine assigned and
         # the faust app past its start-up and rebalance (its monitor owns its topic).

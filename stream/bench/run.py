@@ -330,11 +330,13 @@ def _latency_run(
 ) -> dict[str, Any]:
     pipeline, path = _fresh_pipeline(settings, bench, f"l{int(share * 100)}")
     worker = bench.worker(path, bench.folder / pipeline.name)
-    # Payloads made before the clock starts: the load generator shares the machine's
-    # cores with the worker and the broker, so it should take as little as it can.
-    producer = bench.producer(settings, pipeline)
-    chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=2)
     try:
+        worker.start()
+        # Payloads made before the clock starts (while the worker starts): the load
+        # generator shares the machine's cores with the worker and the broker, so it
+        # should take as little as it can.
+        producer = bench.producer(settings, pipeline)
+        chunks, warming = _paced_events(producer, rate, seconds, warmup, seed=2)
         worker.wait_ready()
         rss_start = worker.memory_mib()["rss"]
         started = time.monotonic()
@@ -469,7 +471,7 @@ def _compare_run(settings: Settings, bench: Workbench, engine: str, feed: _Feed)
         chunks, warming = _paced_events(producer, feed.rate, feed.seconds, feed.warmup, seed=4)
         worker = bench.worker(path, bench.folder / pipeline.name)
         try:
-            worker.wait_ready()
+            worker.start().wait_ready()
             sent = producer.send(chunks, feed.rate)
             worker.wait_until(
                 lambda s: s["pipelines"][pipeline.name]["engine"]["predictions"] >= sent.produced,
@@ -667,6 +669,8 @@ def _scaling_run(
         return [w.wait_until(lambda s: True, bench.timeout, "status") for w in processes]
 
     try:
+        for worker in processes:
+            worker.start()
         with console.status(f"scaling: {workers} workers joining…"):
             deadline = time.monotonic() + bench.timeout
             while True:

@@ -292,15 +292,16 @@ def broker() -> None:
     from stream.services.kafka import KafkaBroker
 
     settings = configure()
-    kafka = KafkaBroker(settings.home / "kafka").start()
-    console.print(f"Kafka broker on {kafka.bootstrap} (pid {kafka.pid}); Ctrl-C stops it")
-    console.print(f"export STREAM_KAFKA_BOOTSTRAP={kafka.bootstrap}")
-    # A stop signal is how this command ends, so it is waited for, not raised
-    # (stream.services.stopping): the broker stops and the command exits 0. sigwait
-    # takes the signals only while they are blocked.
-    stop = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-    try:
+    kafka = KafkaBroker(settings.home / "kafka")
+    try:  # started inside: a stop signal while it starts, or right after, still stops it
+        kafka.start()
+        console.print(f"Kafka broker on {kafka.bootstrap} (pid {kafka.pid}); Ctrl-C stops it")
+        console.print(f"export STREAM_KAFKA_BOOTSTRAP={kafka.bootstrap}")
+        # Once it runs, a stop signal is how this command ends, so it is waited for, not
+        # raised (stream.services.stopping): the broker stops and the command exits 0.
+        # sigwait takes the signals only while they are blocked.
+        stop = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
         signal.sigwait(stop)
     finally:
         kafka.stop()

@@ -60,10 +60,11 @@ def kafka(settings: Settings, console: Console) -> Iterator[str]:
     if settings.kafka_bootstrap:
         yield settings.kafka_bootstrap
         return
-    with console.status("starting a local Kafka broker (KRaft)…"):
-        broker = KafkaBroker(settings.home / "kafka").start()
-    console.print(f"Kafka broker on {broker.bootstrap} (pid {broker.pid})")
-    try:
+    broker = KafkaBroker(settings.home / "kafka")
+    try:  # started inside: a stop signal right after its start still stops it
+        with console.status("starting a local Kafka broker (KRaft)…"):
+            broker.start()
+        console.print(f"Kafka broker on {broker.bootstrap} (pid {broker.pid})")
         yield broker.bootstrap
     finally:
         broker.stop()
@@ -96,10 +97,10 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
             {"STREAM_KAFKA_BOOTSTRAP": bootstrap, "STREAM_HOME": str(settings.home),
              "STREAM_CLICKHOUSE_DSN": settings.dsn, "STREAM_REGISTRY": str(registry.root)},
             demo_dir / "worker.log",
-        ).start()  # fmt: skip
+        )  # fmt: skip
         try:
             with console.status("starting a worker…"):
-                worker.wait_ready()
+                worker.start().wait_ready()
             console.print(f"worker pid {worker.pid} is consuming {pipeline.events_topic}")
             run = _produce_and_account(kafka_config, settings, pipeline, options, starts, console)
             _label(kafka_config, pipeline, worker, run, console)

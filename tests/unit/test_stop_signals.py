@@ -117,3 +117,68 @@ def test_a_worker_started_as_the_signal_came_is_stopped_before_the_command_unwin
     (process,) = started
     # Stopped by its SIGTERM (before or after its own handlers were in place), not left running.
     assert process.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
+
+
+class _Worker:
+    """Stands in for a bench's worker: what was started and what was stopped."""
+
+    def __init__(self, log: list[str], name: str, fails: bool = False) -> None:
+        self.log, self.name, self.fails = log, name, fails
+
+    def start(self) -> _Worker:
+        if self.fails:
+            raise SystemExit(128 + signal.SIGTERM)  # a stop signal while it starts
+        self.log.append(f"started {self.name}")
+        return self
+
+    def stop(self) -> None:
+        self.log.append(f"stopped {self.name}")
+
+
+def _bench(monkeypatch: pytest.MonkeyPatch, workers: list[_Worker]) -> Any:
+    from types import SimpleNamespace
+
+    from stream.bench import run
+
+    pipeline = SimpleNamespace(name="p", partitions=4)
+    monkeypatch.setattr(run, "_fresh_pipeline", lambda *a, **k: (pipeline, Path("p.yaml")))
+    chunks = SimpleNamespace(prepare=lambda *a, **k: [])
+    return SimpleNamespace(
+        worker=lambda *a: workers.pop(0),
+        producer=lambda *a: chunks,
+        folder=Path("bench"),
+        events=1000,
+        timeout=10,
+    )
+
+
+def test_a_stop_signal_while_a_latency_run_makes_its_events_stops_its_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stream.bench import run
+
+    log: list[str] = []
+    bench = _bench(monkeypatch, [_Worker(log, "worker")])
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        raise SystemExit(128 + signal.SIGTERM)  # the events take seconds to make
+
+    monkeypatch.setattr(run, "_paced_events", signalled)
+    with pytest.raises(SystemExit):
+        run._latency_run(Any, bench, 1000.0, 0.5, 1.0, 1.0)  # type: ignore[arg-type]
+    assert log == ["started worker", "stopped worker"]
+
+
+def test_a_stop_signal_while_scaling_workers_start_stops_the_ones_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
+
+    from stream.bench import run
+
+    log: list[str] = []
+    workers = [_Worker(log, "first"), _Worker(log, "second", fails=True)]
+    bench = _bench(monkeypatch, workers)
+    with pytest.raises(SystemExit):
+        run._scaling_run(Any, bench, 2, Console(file=None, quiet=True))  # type: ignore[arg-type]
+    assert log == ["started first", "stopped first", "stopped second"]
