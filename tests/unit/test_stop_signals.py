@@ -142,10 +142,10 @@ def _bench(monkeypatch: pytest.MonkeyPatch, workers: list[_Worker]) -> Any:
 
     pipeline = SimpleNamespace(name="p", partitions=4)
     monkeypatch.setattr(run, "_fresh_pipeline", lambda *a, **k: (pipeline, Path("p.yaml")))
-    chunks = SimpleNamespace(prepare=lambda *a, **k: [])
+    producer = SimpleNamespace(prepare=lambda *a, **k: [])
     return SimpleNamespace(
         worker=lambda *a: workers.pop(0),
-        producer=lambda *a: chunks,
+        producer=lambda *a: producer,
         folder=Path("bench"),
         events=1000,
         timeout=10,
@@ -165,7 +165,7 @@ def test_a_stop_signal_while_a_latency_run_makes_its_events_stops_its_worker(
 
     monkeypatch.setattr(run, "_paced_events", signalled)
     with pytest.raises(SystemExit):
-        run._latency_run(Any, bench, 1000.0, 0.5, 1.0, 1.0)  # type: ignore[arg-type]
+        run._latency_run(None, bench, 1000.0, 0.5, 1.0, 1.0)  # type: ignore[arg-type]
     assert log == ["started worker", "stopped worker"]
 
 
@@ -180,5 +180,5 @@ def test_a_stop_signal_while_scaling_workers_start_stops_the_ones_started(
     workers = [_Worker(log, "first"), _Worker(log, "second", fails=True)]
     bench = _bench(monkeypatch, workers)
     with pytest.raises(SystemExit):
-        run._scaling_run(Any, bench, 2, Console(file=None, quiet=True))  # type: ignore[arg-type]
+        run._scaling_run(None, bench, 2, Console(quiet=True))  # type: ignore[arg-type]
     assert log == ["started first", "stopped first", "stopped second"]
