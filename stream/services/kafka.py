@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,7 +23,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream.errors import ServiceError
-from stream.services.stopping import uninterrupted
+from stream.services.stopping import terminate, uninterrupted
 from stream.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -218,19 +217,10 @@ class KafkaBroker:
         return self._process.pid if self._process else None
 
     def stop(self, timeout: float = 30.0) -> None:
-        with uninterrupted():
+        with uninterrupted():  # the handle is not dropped before the broker is stopped
             process, self._process = self._process, None
-            if process is None or process.poll() is not None:
-                return
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "Kafka broker did not stop in %.0fs; killing pid %d", timeout, process.pid
-                )
-                process.kill()
-                process.wait()
+            if process is not None:
+                terminate(process, timeout, "Kafka broker")
 
     def __enter__(self) -> KafkaBroker:
         return self.start()

@@ -13,9 +13,13 @@ waits until the block is done.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
+import subprocess
 from collections.abc import Iterator
 from types import FrameType
+
+log = logging.getLogger(__name__)
 
 _held = 0
 _pending: int | None = None
@@ -58,3 +62,17 @@ def uninterrupted() -> Iterator[None]:
     if not _held and _pending is not None:
         signum, _pending = _pending, None
         _unwind(signum)
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float, name: str) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``, uninterrupted; the exit code."""
+    with uninterrupted():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing pid %d", name, timeout, process.pid)
+                process.kill()
+                process.wait()
+    return process.returncode

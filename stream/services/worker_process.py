@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 from stream.errors import ServiceError
 from stream.services.kafka import free_port
-from stream.services.stopping import uninterrupted
+from stream.services.stopping import terminate, uninterrupted
 
 
 class WorkerProcess:
@@ -108,15 +107,7 @@ class WorkerProcess:
         process = self._process
         if process is None:
             return None
-        with uninterrupted():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        return process.returncode
+        return terminate(process, timeout, "worker")
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to checkpoint."""
